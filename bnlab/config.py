@@ -1,0 +1,131 @@
+"""Config loading and validation: every bad value fails here, before compile or write."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+NORMS = ("bn", "ln", "in", "gn", "none")
+MODELS = ("simple_cnn", "resnet20", "plain_cnn", "mlp")
+DATASETS = ("fashion_mnist", "synthetic", "cifar10", "<any tfds name>")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+PLACEMENTS = ("before_activation", "after_activation")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; `str()` is the one line shown to the user."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"config.{field}={value!r}: {allowed}")
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """Calls `get_config()` of a config file, as absl's config_flags does."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file", str(path), "no such config file")
+    spec = importlib.util.spec_from_file_location(f"bnlab_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _require(config, field: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(field, config[field], allowed)
+
+
+def _positive_int(config, field: str) -> None:
+    value = config[field]
+    _require(config, field, isinstance(value, int) and value > 0, "must be a positive integer")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Static checks of every field a run reads. Shape checks (e.g. GN groups vs the
+    channels of each layer) happen when the model is traced, see `train.prepare`."""
+    _require(config, "norm", config.norm in NORMS, f"allowed: {', '.join(NORMS)}")
+    _require(config, "model", config.model in MODELS, f"allowed: {', '.join(MODELS)}")
+    _require(config, "optimizer", config.optimizer in OPTIMIZERS,
+             f"allowed: {', '.join(OPTIMIZERS)}")
+    _require(config, "schedule", config.schedule in SCHEDULES,
+             f"allowed: {', '.join(SCHEDULES)}")
+    _require(config, "norm_placement", config.norm_placement in PLACEMENTS,
+             f"allowed: {', '.join(PLACEMENTS)}")
+    _require(config, "dtype", config.dtype in DTYPES, f"allowed: {', '.join(DTYPES)}")
+    for field in ("batch_size", "eval_batch_size", "log_every"):
+        _positive_int(config, field)
+    if config.num_steps is not None:
+        _positive_int(config, "num_steps")
+    else:
+        _require(config, "num_epochs", config.num_epochs > 0,
+                 "must be > 0 (or set config.num_steps)")
+    _require(config, "learning_rate", config.learning_rate > 0, "must be > 0")
+    _require(config, "weight_decay", config.weight_decay >= 0, "must be >= 0")
+    _require(config, "bn_momentum", 0 <= config.bn_momentum < 1,
+             "must be in [0, 1): running = momentum * running + (1 - momentum) * batch")
+    _require(config, "norm_epsilon", config.norm_epsilon > 0, "must be > 0")
+    _require(config, "warmup_steps", config.warmup_steps >= 0, "must be >= 0")
+    if config.train_size is not None:
+        _positive_int(config, "train_size")
+    if config.eval_every is not None:
+        _positive_int(config, "eval_every")
+    if config.target_accuracy is not None:
+        _require(config, "target_accuracy", 0 < config.target_accuracy <= 1,
+                 "must be in (0, 1]")
+    if config.virtual_batch_size is not None:
+        _positive_int(config, "virtual_batch_size")
+        _require(config, "virtual_batch_size", config.norm == "bn",
+                 "ghost batches apply to norm='bn' only")
+        _require(config, "virtual_batch_size", config.batch_size % config.virtual_batch_size == 0,
+                 f"must divide config.batch_size={config.batch_size}")
+    if config.norm == "gn":
+        _positive_int(config, "num_groups" if config.group_size is None else "group_size")
+    if config.schedule == "step":
+        bounds = tuple(config.step_boundaries)
+        _require(config, "step_boundaries",
+                 all(0 < b < 1 for b in bounds) and list(bounds) == sorted(bounds),
+                 "must be increasing fractions of the run in (0, 1)")
+    if config.model == "plain_cnn":
+        _require(config, "depth", isinstance(config.depth, int) and config.depth >= 3,
+                 "plain_cnn needs depth >= 3 (conv layers)")
+
+
+def norm_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `bnlab.norms.make` options a config asks for."""
+    options: dict[str, Any] = {"epsilon": config.norm_epsilon}
+    if config.norm == "bn":
+        options.update(momentum=config.bn_momentum,
+                       virtual_batch_size=config.virtual_batch_size)
+    elif config.norm == "gn":
+        # group_size, when set, overrides the default num_groups.
+        if config.group_size is not None:
+            options.update(group_size=config.group_size)
+        else:
+            options.update(num_groups=config.num_groups)
+    elif config.norm == "none":
+        options = {}
+    return options
+
+
+def norm_batch_size(config: ml_collections.ConfigDict) -> int:
+    """Examples one BN statistic is computed over (DESIGN.md §5); the SGD batch otherwise."""
+    return config.virtual_batch_size or config.batch_size
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config → {'a.b': value}; tuples become lists so JSON round-trips."""
+    items = config.items() if isinstance(config, dict) else config.to_dict().items()
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, dict | ml_collections.ConfigDict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat

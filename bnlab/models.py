@@ -1,0 +1,232 @@
+"""The networks, each with its normalization layer injected by name.
+
+Every model is called as `model.apply(variables, x, train=...)` on NHWC images.
+`norm_placement` puts each norm before the activation (the article's
+conv → norm → ReLU) or after it (conv → ReLU → norm).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bnlab import norms
+from bnlab.config import ConfigError
+
+# He et al. 2015 init for the deep nets: keeps activations' scale with depth in
+# ReLU nets, so the no-norm baselines of C4 fail for depth, not for a bad init.
+_he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def _torch_default_kernel(key, shape, dtype=jnp.float32):
+    """PyTorch's default Conv2d/Linear init (kaiming_uniform, a=√5): U(±1/√fan_in)."""
+    fan_in = math.prod(shape[:-1])
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _torch_default_bias(fan_in: int):
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / math.sqrt(fan_in)
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+class _NormAct(nn.Module):
+    """Norm and activation in the configured order."""
+
+    norm: str
+    norm_options: tuple
+    placement: str
+    activation: Any = nn.relu
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        layer = norms.make(self.norm, **dict(self.norm_options))
+        if self.placement == "before_activation":
+            return self.activation(layer(x, train=train))
+        return layer(self.activation(x), train=train)
+
+
+class SimpleCNN(nn.Module):
+    """The article's SimpleCNN: conv16-norm-ReLU-pool, conv32-norm-ReLU-pool, fc128, fc.
+    For 32×32×3 input the fc input is 32·8·8, as in the article's PyTorch code; the
+    same layers size themselves from other inputs (28×28×1 gives 32·7·7). Conv and
+    linear layers keep their biases and PyTorch's default init, as the article's do."""
+
+    num_classes: int = 10
+    norm: str = "bn"
+    norm_options: tuple = ()
+    norm_placement: str = "before_activation"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = x.astype(self.dtype)
+        for i, features in enumerate((16, 32), start=1):
+            fan_in = 9 * x.shape[-1]
+            x = nn.Conv(features, (3, 3), padding=1, dtype=self.dtype, name=f"conv{i}",
+                        kernel_init=_torch_default_kernel,
+                        bias_init=_torch_default_bias(fan_in))(x)
+            x = _NormAct(self.norm, self.norm_options, self.norm_placement,
+                         name=f"norm{i}")(x, train)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(128, dtype=self.dtype, kernel_init=_torch_default_kernel,
+                             bias_init=_torch_default_bias(x.shape[-1]), name="fc1")(x))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_torch_default_kernel,
+                     bias_init=_torch_default_bias(128), name="fc2")(x)
+        return x.astype(jnp.float32)
+
+
+class _BasicBlock(nn.Module):
+    features: int
+    strides: int
+    norm: str
+    norm_options: tuple
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        def norm_layer():
+            return norms.make(self.norm, **dict(self.norm_options))
+
+        conv = lambda s: nn.Conv(self.features, (3, 3), strides=s, padding=1,  # noqa: E731
+                                 use_bias=False, kernel_init=_he_normal, dtype=self.dtype)
+        y = nn.relu(norm_layer()(conv(self.strides)(x), train=train))
+        y = norm_layer()(conv(1)(y), train=train)
+        if x.shape != y.shape:
+            # He et al.'s CIFAR option A: subsample, zero-pad the new channels; no params.
+            x = x[:, ::self.strides, ::self.strides, :]
+            pad = self.features - x.shape[-1]
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+        return nn.relu(x + y)
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20 (He et al. 2016 §4.2): 3 stages × 3 basic blocks at 16/32/64
+    channels, option-A shortcuts, global average pool, fc. ~0.27 M parameters."""
+
+    num_classes: int = 10
+    norm: str = "bn"
+    norm_options: tuple = ()
+    blocks_per_stage: int = 3
+    norm_placement: str = "before_activation"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        if self.norm_placement != "before_activation":
+            raise ConfigError("norm_placement", self.norm_placement,
+                              "resnet20 places its norms as He et al. do: only 'before_activation'")
+        x = x.astype(self.dtype)
+        x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=_he_normal,
+                    dtype=self.dtype)(x)
+        x = nn.relu(norms.make(self.norm, **dict(self.norm_options))(x, train=train))
+        for stage, features in enumerate((16, 32, 64)):
+            for block in range(self.blocks_per_stage):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = _BasicBlock(features, strides, self.norm, self.norm_options,
+                                self.dtype)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class PlainCNN(nn.Module):
+    """A deep CNN without skip connections (the 'plain' nets of He et al. 2016):
+    `depth` 3×3 conv layers, each conv-norm-ReLU, in three stages of width,
+    2·width and 4·width channels (stride 2 entering stages 2 and 3), global
+    average pool, fc. For the gradient claim: depth 10–50, bn vs none."""
+
+    num_classes: int = 10
+    depth: int = 20
+    width: int = 16
+    norm: str = "bn"
+    norm_options: tuple = ()
+    norm_placement: str = "before_activation"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = x.astype(self.dtype)
+        per_stage = [self.depth // 3 + (1 if i < self.depth % 3 else 0) for i in range(3)]
+        for stage, count in enumerate(per_stage):
+            for layer in range(count):
+                strides = 2 if stage > 0 and layer == 0 else 1
+                x = nn.Conv(self.width * 2**stage, (3, 3), strides=strides, padding=1,
+                            use_bias=self.norm == "none", kernel_init=_he_normal,
+                            dtype=self.dtype)(x)
+                x = _NormAct(self.norm, self.norm_options, self.norm_placement)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class MLP(nn.Module):
+    """The BN paper's MNIST net (Ioffe & Szegedy 2015 §4.1): 3 hidden layers of 100
+    sigmoid units, the norm before each sigmoid, small Gaussian initial weights."""
+
+    num_classes: int = 10
+    hidden: tuple = (100, 100, 100)
+    norm: str = "bn"
+    norm_options: tuple = ()
+    norm_placement: str = "before_activation"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        for features in self.hidden:
+            x = nn.Dense(features, dtype=self.dtype,
+                         kernel_init=nn.initializers.normal(0.1))(x)
+            x = _NormAct(self.norm, self.norm_options, self.norm_placement,
+                         activation=nn.sigmoid)(x, train)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+_MODELS: dict[str, type[nn.Module]] = {
+    "simple_cnn": SimpleCNN, "resnet20": ResNet20, "plain_cnn": PlainCNN, "mlp": MLP,
+}
+
+
+def make(name: str, norm: str = "bn", num_classes: int = 10,
+         norm_options: dict[str, Any] | None = None, dtype: str = "float32",
+         **options: Any) -> nn.Module:
+    """A model by name: 'simple_cnn', 'resnet20', 'plain_cnn' or 'mlp'.
+
+    `norm` and `norm_options` go to `bnlab.norms.make` for every normalized layer;
+    `dtype` is the compute dtype (parameters and norm statistics stay float32);
+    other options are the model's own fields (e.g. `depth` and `width` of plain_cnn,
+    `norm_placement`).
+    """
+    if name not in _MODELS:
+        raise ConfigError("model", name, f"allowed: {', '.join(_MODELS)}")
+    norms.make(norm, **(norm_options or {}))  # fail on a bad norm before building
+    model = _MODELS[name]
+    unknown = set(options) - (set(model.__dataclass_fields__) - {"parent", "name"})
+    if unknown:
+        raise ConfigError("model", name, f"takes no option(s) {', '.join(sorted(unknown))}")
+    frozen = tuple(sorted((norm_options or {}).items()))
+    return model(num_classes=num_classes, norm=norm, norm_options=frozen,
+                 dtype=jnp.dtype(dtype), **options)
+
+
+def normalized_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Traces `model.init` (no compile) and lists every norm layer with its input
+    shape and the number of values one of its statistics averages over."""
+    found: list[dict[str, Any]] = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, norms.NORM_LAYERS) and context.method_name == "__call__":
+            shape = tuple(args[0].shape)
+            found.append({"layer": "/".join(module.path), "shape": shape,
+                          "values_per_statistic": module.values_per_statistic(shape)})
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=True))
+    return found

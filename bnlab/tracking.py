@@ -1,0 +1,226 @@
+"""The tracking directory (DESIGN.md §4): the one place that writes it.
+
+A run directory holds config.json, status.json, metrics.jsonl, summary.json,
+env.json and TensorBoard events. JSON files are written to a temp file and
+renamed, so a reader never sees half a file; metrics.jsonl is appended a line at
+a time and a reader skips a torn last line. summary.json is written last: a run
+without one did not finish, whatever its status.json says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("pending", "running", "done", "diverged", "failed")
+RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "summary.json", "env.json")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def jsonable(value: Any) -> Any:
+    """NaN/Inf become None (strict JSON has neither); numpy/JAX scalars become Python."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from others on a shared disk
+        with os.fdopen(fd, "w") as f:
+            json.dump(jsonable(obj), f, indent=1, sort_keys=True, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as a list; a torn last line (a killed writer) is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def config_hash(flat_config: dict[str, Any]) -> str:
+    text = json.dumps(jsonable(flat_config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_id(flat_config: dict[str, Any], varied: list[str]) -> str:
+    """Readable and deterministic: the varied fields, then a hash of the whole
+    resolved config, e.g. `norm=gn,batch_size=8-1a2b3c4d`."""
+    parts = [f"{key.split('.')[-1]}={flat_config[key]}" for key in varied if key in flat_config]
+    readable = re.sub(r"[^A-Za-z0-9=,._+-]", "_", ",".join(parts))[:120]
+    digest = config_hash(flat_config)
+    return f"{readable}-{digest}" if readable else digest
+
+
+def environment() -> dict[str, Any]:
+    import flax
+    import jax
+    import optax
+
+    return {
+        "python": sys.version.split()[0], "jax": jax.__version__, "flax": flax.__version__,
+        "optax": optax.__version__, "platform": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()], "device_count": jax.device_count(),
+        "process_index": jax.process_index(), "process_count": jax.process_count(),
+        "host": socket.gethostname(), "machine": platform.machine(), "argv": sys.argv,
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "bnlab", "configs"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+class RunWriter:
+    """Writes one run's directory. Only process 0 of a multi-process run writes;
+    the others get a writer whose methods do nothing."""
+
+    def __init__(self, run_dir: str | Path, active: bool = True):
+        self.run_dir = Path(run_dir)
+        self.active = active
+        self._status: dict[str, Any] = {}
+        self._metrics = None
+        self._events = None
+
+    def start(self, config: dict[str, Any], hparams: dict[str, Any]) -> None:
+        """Clears what an earlier unfinished attempt left, then writes config, env,
+        status 'running' and the HParams."""
+        if not self.active:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            (self.run_dir / name).unlink(missing_ok=True)
+        for old in self.run_dir.glob("events.out.tfevents.*"):
+            old.unlink()
+        write_json_atomic(self.run_dir / "config.json", config)
+        write_json_atomic(self.run_dir / "env.json", environment())
+        self._status = {"status": "running", "started": _now(), "host": socket.gethostname(),
+                        "pid": os.getpid()}
+        write_json_atomic(self.run_dir / "status.json", self._status)
+        # Open for the run's life, a line per log; closed by finish() or fail().
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self._events = _EventWriter(self.run_dir)
+        self._events.hparams(hparams, trial_id=self.run_dir.name)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        row = jsonable({"step": step, **metrics})
+        self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
+        self._metrics.flush()
+        self._events.scalars(step, {k: v for k, v in row.items()
+                                    if k != "step" and isinstance(v, int | float)})
+
+    def finish(self, status: str, summary: dict[str, Any], **details: Any) -> None:
+        """Status first, summary.json last: its presence marks a finished run."""
+        if not self.active:
+            return
+        assert status in ("done", "diverged"), status
+        self._close()
+        self._status.update(status=status, finished=_now(), **details)
+        write_json_atomic(self.run_dir / "status.json", self._status)
+        write_json_atomic(self.run_dir / "summary.json", {"status": status, **summary})
+
+    def fail(self, error: BaseException) -> None:
+        if not self.active:
+            return
+        self._close()
+        message = f"{type(error).__name__}: {error}".strip()
+        self._status.update(status="failed", finished=_now(), error=message[:2000])
+        write_json_atomic(self.run_dir / "status.json", self._status)
+
+    def _close(self) -> None:
+        for handle in (self._metrics, self._events):
+            if handle is not None:
+                handle.close()
+        self._metrics = self._events = None
+
+
+class _EventWriter:
+    """TensorBoard scalars and HParams in an event file, written with tensorboard's
+    record format on a plain file. (Its EventFileWriter imports TensorFlow for file
+    I/O whenever TF is installed: seconds per run and log lines on stderr.)"""
+
+    def __init__(self, run_dir: Path):
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self._writer = RecordWriter(open(run_dir / name, "wb"))  # noqa: SIM115
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        self._writer.write(event.SerializeToString())
+        self._writer.flush()
+
+    def hparams(self, hparams: dict[str, Any], trial_id: str) -> None:
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.plugins.hparams import summary_v2
+
+        values = {k: (v if isinstance(v, bool | int | float | str) else json.dumps(v))
+                  for k, v in hparams.items() if v is not None}
+        summary = summary_v2.hparams_pb(values, trial_id=trial_id, start_time_secs=time.time())
+        self._write(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        # train_loss → train/loss, so TensorBoard groups train and test curves.
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(
+                tag=tag.replace("_", "/", 1) if tag.startswith(("train_", "test_")) else tag,
+                simple_value=value)
+            for tag, value in values.items() if tag != "time"])
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,324 @@
+"""One training run: validate, load, init, train, evaluate, track.
+
+`train_and_evaluate(config, workdir)` checks everything (config values, dataset,
+model shapes) before it writes a byte or compiles a step, then trains with the
+learning rate and weight decay as runtime values inside the optimizer state, so
+runs that differ only in those (or in seed) reuse one compiled step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from tqdm.auto import tqdm
+
+from bnlab import config as config_lib
+from bnlab import data, models, norms, tracking
+
+# Tracing a step function counts here: tests and the sweep report compilations.
+TRACE_COUNTS: dict[str, int] = {"train_step": 0, "eval_step": 0}
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """What shapes the optimizer's program; learning rate and weight decay do not."""
+
+    name: str
+    momentum: float
+    nesterov: bool
+    schedule: str
+    total_steps: int
+    warmup_steps: int
+    step_boundaries: tuple[float, ...]
+    step_decay: float
+    decay_norm_params: bool
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run needs, built and checked before anything is written."""
+
+    config: ml_collections.ConfigDict
+    train_set: data.Dataset
+    test_set: data.Dataset
+    model: Any
+    optimizer: OptimizerSpec
+    total_steps: int
+    norm_layers: list[dict[str, Any]]
+
+
+def prepare(config: ml_collections.ConfigDict) -> Prepared:
+    """Validates the config, loads the data and traces the model (no compile).
+    Raises `ConfigError` on anything that cannot run."""
+    config_lib.validate(config)
+    options = {"data_dir": config.data_dir}
+    if config.dataset == "synthetic":
+        options.update(config.get("synthetic", {}))
+    train_set = data.load(config.dataset, "train", train_size=config.train_size, **options)
+    test_set = data.load(config.dataset, "test", **options)
+    if len(train_set) < config.batch_size:
+        raise config_lib.ConfigError("batch_size", config.batch_size,
+                                     f"larger than the {len(train_set)} training examples")
+    model_options: dict[str, Any] = {"norm_placement": config.norm_placement}
+    if config.model == "plain_cnn":
+        model_options.update(depth=config.depth, width=config.width)
+    model = models.make(config.model, norm=config.norm, num_classes=train_set.num_classes,
+                        norm_options=config_lib.norm_options(config), dtype=config.dtype,
+                        **model_options)
+    # Tracing init at the real batch shape finds shape errors (GN groups that do not
+    # divide a layer's channels, IN on an MLP) before anything is compiled or written.
+    norm_layers = models.normalized_layers(model, (config.batch_size,) + train_set.image_shape)
+    steps_per_epoch = len(train_set) // config.batch_size
+    total_steps = config.num_steps or max(1, round(config.num_epochs * steps_per_epoch))
+    spec = OptimizerSpec(config.optimizer, config.momentum, config.nesterov, config.schedule,
+                         total_steps, config.warmup_steps, tuple(config.step_boundaries),
+                         config.step_decay, config.decay_norm_params)
+    return Prepared(config, train_set, test_set, model, spec, total_steps, norm_layers)
+
+
+# ---------------------------------------------------------------- optimizer
+
+def schedule_factor(spec: OptimizerSpec) -> optax.Schedule:
+    """The learning rate's shape over steps, peaking at 1; the base rate multiplies it."""
+    if spec.schedule == "constant":
+        main = optax.constant_schedule(1.0)
+    elif spec.schedule == "cosine":
+        main = optax.cosine_decay_schedule(1.0, max(1, spec.total_steps - spec.warmup_steps))
+    else:
+        main = optax.piecewise_constant_schedule(
+            1.0, {int(b * spec.total_steps) - spec.warmup_steps: spec.step_decay
+                  for b in spec.step_boundaries})
+    if spec.warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, 1.0, spec.warmup_steps)
+    return optax.join_schedules([warmup, main], [spec.warmup_steps])
+
+
+def _decay_mask(params) -> Any:
+    """False for the scale and bias of norm layers (their module names are the class names)."""
+    norm_names = tuple(cls.__name__ for cls in norms.NORM_LAYERS)
+
+    def keep(path, _):
+        return not any(getattr(p, "key", "").startswith(norm_names) for p in path)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
+    """SGD (PyTorch-style: weight decay added to the gradient before momentum) or
+    AdamW (decoupled decay), with learning_rate and weight_decay as injected
+    hyperparameters: values in the optimizer state, not constants in the program."""
+    factor = schedule_factor(spec)
+    mask = None if spec.decay_norm_params else _decay_mask
+
+    def build(learning_rate, weight_decay):
+        if spec.name == "sgd":
+            core = [optax.add_decayed_weights(weight_decay, mask),
+                    optax.trace(decay=spec.momentum, nesterov=spec.nesterov)]
+        else:
+            core = [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask)]
+        return optax.chain(*core, optax.scale_by_schedule(factor),
+                           optax.scale_by_learning_rate(learning_rate))
+
+    return optax.inject_hyperparams(build)(learning_rate=0.0, weight_decay=0.0)
+
+
+# ---------------------------------------------------------------- steps
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@functools.lru_cache(maxsize=64)
+def step_functions(model, spec: OptimizerSpec):
+    """Jitted (init, train_step, eval_step) for one model and optimizer shape,
+    shared by every run with the same ones."""
+    tx = make_optimizer(spec)
+
+    def init(rng, sample, learning_rate, weight_decay):
+        variables = model.init(rng, sample, train=True)
+        params = variables["params"]
+        opt_state = tx.init(params)
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+        opt_state.hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
+        return TrainState(jnp.zeros((), jnp.int32), params,
+                          variables.get("batch_stats", {}), opt_state)
+
+    def train_step(state: TrainState, totals, images, labels):
+        TRACE_COUNTS["train_step"] += 1
+
+        def loss_fn(params):
+            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                          images, train=True, mutable=["batch_stats"])
+            return jnp.mean(cross_entropy(logits, labels)), (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, deltas)
+        bad = ~jnp.isfinite(loss)
+        totals = {
+            "loss": totals["loss"] + loss,
+            "correct": totals["correct"] + jnp.sum(jnp.argmax(logits, -1) == labels),
+            "count": totals["count"] + labels.shape[0],
+            "steps": totals["steps"] + 1,
+            # The first step whose loss was NaN/Inf, found without a host sync per step.
+            "diverged_step": jnp.where(bad & (totals["diverged_step"] < 0), state.step,
+                                       totals["diverged_step"]),
+        }
+        new_state = TrainState(state.step + 1, params,
+                               updates.get("batch_stats", state.batch_stats), opt_state)
+        return new_state, totals
+
+    def eval_step(state: TrainState, images, labels, mask):
+        TRACE_COUNTS["eval_step"] += 1
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                             images, train=False)
+        losses = jnp.where(mask, cross_entropy(logits, labels), 0.0)
+        correct = jnp.where(mask, jnp.argmax(logits, -1) == labels, False)
+        return jnp.sum(losses), jnp.sum(correct)
+
+    return jax.jit(init), jax.jit(train_step), jax.jit(eval_step)
+
+
+def new_totals() -> dict[str, jax.Array]:
+    return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
+            "count": jnp.zeros((), jnp.int32), "steps": jnp.zeros((), jnp.int32),
+            "diverged_step": jnp.full((), -1, jnp.int32)}
+
+
+def evaluate(eval_step, state: TrainState, dataset: data.Dataset,
+             batch_size: int) -> dict[str, float]:
+    loss_sum, correct = 0.0, 0
+    for images, labels, mask in data.eval_batches(dataset, min(batch_size, len(dataset))):
+        batch_loss, batch_correct = eval_step(state, images, labels, mask)
+        loss_sum += float(batch_loss)
+        correct += int(batch_correct)
+    return {"loss": loss_sum / len(dataset), "accuracy": correct / len(dataset)}
+
+
+# ---------------------------------------------------------------- the run
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains one run into `workdir` (the run's directory) and returns its summary.
+
+    Raises `ConfigError` before writing anything when the config cannot run. A
+    NaN/Inf loss ends the run with status 'diverged' and the step it happened at.
+    """
+    return run_prepared(prepare(config), workdir)
+
+
+def run_prepared(run: Prepared, workdir: str) -> dict[str, Any]:
+    """`train_and_evaluate` after `prepare`: for callers that report between the two."""
+    config = run.config
+    flat = config_lib.flatten(config)
+    norm_batch = config_lib.norm_batch_size(config) if config.norm == "bn" else 1
+    per_stat = [layer["values_per_statistic"] for layer in run.norm_layers]
+    facts = {"sgd_batch_size": config.batch_size, "norm_batch_size": norm_batch,
+             "values_per_statistic": min(per_stat) if per_stat else None,
+             "total_steps": run.total_steps, "train_examples": len(run.train_set)}
+    writer = tracking.RunWriter(workdir, active=jax.process_index() == 0)
+    writer.start(flat, {**flat, **facts})
+    try:
+        summary = _train(run, writer)
+    except BaseException as error:
+        writer.fail(error)
+        raise
+    summary.update(facts)
+    status = "diverged" if summary["diverged_step"] is not None else "done"
+    writer.finish(status, summary, step=summary["step"],
+                  **({"diverged_step": summary["diverged_step"]} if status == "diverged" else {}))
+    return {"status": status, **summary}
+
+
+def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
+    config = run.config
+    init, train_step, eval_step = step_functions(run.model, run.optimizer)
+    sample = jnp.zeros((config.batch_size,) + run.train_set.image_shape, jnp.float32)
+    state = init(jax.random.key(config.seed), sample, config.learning_rate, config.weight_decay)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    factor = schedule_factor(run.optimizer)
+    eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
+
+    batches = data.train_batches(run.train_set, config.batch_size, config.seed, config.augment)
+    totals = new_totals()
+    start = time.perf_counter()
+    first_step_s = None
+    last: dict[str, Any] = {}
+    best_test, steps_to_target, diverged_step = None, None, None
+    progress = tqdm(total=run.total_steps, desc=f"{config.model}/{config.norm}", unit="step",
+                    dynamic_ncols=True, disable=None, leave=False)
+    try:
+        for step in range(1, run.total_steps + 1):
+            images, labels = next(batches)
+            state, totals = train_step(state, totals, images, labels)
+            if first_step_s is None:
+                jax.block_until_ready(state.step)
+                first_step_s = time.perf_counter() - start
+            progress.update()
+            is_last = step == run.total_steps
+            if step % config.log_every and not is_last:
+                continue
+            host = jax.device_get(totals)
+            totals = new_totals()
+            row = {"train_loss": float(host["loss"]) / max(1, host["steps"]),
+                   "train_accuracy": float(host["correct"]) / max(1, host["count"]),
+                   "learning_rate": config.learning_rate * float(factor(step - 1)),
+                   "time": time.perf_counter() - start}
+            if host["diverged_step"] >= 0:
+                diverged_step = int(host["diverged_step"]) + 1  # steps count from 1
+                writer.log(step, {**row, "train_loss": float("nan")})
+                last = row
+                break
+            if is_last or (eval_every and step % eval_every == 0):
+                test = evaluate(eval_step, state, run.test_set, config.eval_batch_size)
+                row.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+                best_test = max(best_test or 0.0, test["accuracy"])
+                if (config.target_accuracy and steps_to_target is None
+                        and test["accuracy"] >= config.target_accuracy):
+                    steps_to_target = step
+            writer.log(step, row)
+            last = row
+            progress.set_postfix(loss=f"{row['train_loss']:.3f}",
+                                 acc=f"{row['train_accuracy']:.3f}",
+                                 **({"test": f"{row['test_accuracy']:.3f}"}
+                                    if "test_accuracy" in row else {}))
+    finally:
+        progress.close()
+    wall = time.perf_counter() - start
+    steps_done = diverged_step or run.total_steps
+    timed_steps = steps_done - 1
+    return {
+        "step": steps_done,
+        "epochs": steps_done * config.batch_size / len(run.train_set),
+        "diverged_step": diverged_step,
+        "test_accuracy": None if diverged_step else last.get("test_accuracy"),
+        "test_loss": None if diverged_step else last.get("test_loss"),
+        "best_test_accuracy": best_test,
+        "train_loss": None if diverged_step else last.get("train_loss"),
+        "train_accuracy": last.get("train_accuracy"),
+        "target_accuracy": config.target_accuracy,
+        "steps_to_target": steps_to_target,
+        "num_params": num_params,
+        "wall_time_s": wall,
+        "first_step_s": first_step_s,  # includes compilation
+        "steps_per_s": timed_steps / (wall - first_step_s) if timed_steps > 0 else None,
+        "examples_per_s": (timed_steps * config.batch_size / (wall - first_step_s)
+                           if timed_steps > 0 else None),
+    }

@@ -1,0 +1,57 @@
+"""The article's SimpleCNN with BatchNorm on Fashion-MNIST, one epoch.
+
+Every field can be overridden on the command line, e.g.
+  python -m bnlab train --config configs/default.py --config.norm=gn --workdir runs/x
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Data: fashion_mnist (Debian's dataset-fashion-mnist, $BNLAB_DATA_DIR or
+    # data_dir), synthetic, or a tensorflow-datasets name such as cifar10.
+    config.dataset = "fashion_mnist"
+    config.data_dir = placeholder(str)
+    config.train_size = placeholder(int)  # a fixed subset of the train split
+    config.augment = False  # random crop (pad 4) + horizontal flip
+
+    # Model: simple_cnn (the article's), resnet20, plain_cnn, mlp.
+    config.model = "simple_cnn"
+    config.depth = 20  # plain_cnn: conv layers
+    config.width = 16  # plain_cnn: channels of the first stage
+    config.dtype = "float32"  # compute dtype; norm statistics are always float32
+
+    # Normalization: bn, ln, in, gn, none.
+    config.norm = "bn"
+    config.norm_placement = "before_activation"  # or after_activation
+    config.norm_epsilon = 1e-5
+    config.bn_momentum = 0.9  # running = 0.9·running + 0.1·batch (PyTorch's momentum=0.1)
+    config.virtual_batch_size = placeholder(int)  # ghost BN: statistics per sub-batch
+    config.num_groups = 8  # gn: groups per layer (the GN paper's 32 exceeds conv1's 16 channels)
+    config.group_size = placeholder(int)  # gn: channels per group; overrides num_groups
+
+    # Optimization.
+    config.optimizer = "sgd"  # or adamw
+    config.learning_rate = 0.05
+    config.momentum = 0.9
+    config.nesterov = False
+    config.weight_decay = 0.0
+    config.decay_norm_params = False  # weight decay on norm scale/bias too
+    config.schedule = "constant"  # constant, cosine, step
+    config.warmup_steps = 0
+    config.step_boundaries = (0.5, 0.75)  # step schedule: fractions of the run
+    config.step_decay = 0.1
+
+    # Length and logging.
+    config.batch_size = 64
+    config.num_epochs = 1.0
+    config.num_steps = placeholder(int)  # overrides num_epochs
+    config.eval_batch_size = 1000
+    config.log_every = 50
+    config.eval_every = placeholder(int)  # steps; the test set is always evaluated at the end
+    config.target_accuracy = placeholder(float)  # record steps to this test accuracy
+    return config

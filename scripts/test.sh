@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh Debian
+# machine (the Fashion-MNIST files, the Python packages), lints, runs the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q dataset-fashion-mnist
+fi
+# The tfds extra too, so the optional dataset path is tested, not skipped.
+python3 -m pip install -q -r requirements-dev.txt -r requirements-tfds.txt
+python3 -m ruff check .
+python3 -m pytest -q "$@"

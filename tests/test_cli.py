@@ -1,0 +1,82 @@
+"""`python -m bnlab train` as a user runs it: real processes, real exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+SMALL = ["--config.train_size=256", "--config.num_steps=6", "--config.log_every=3",
+         "--config.batch_size=16"]
+
+
+def _bnlab(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "bnlab", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_train_writes_a_run_and_skips_it_when_finished(tmp_path):
+    workdir = tmp_path / "w"
+    args = ["train", "--config", "configs/default.py", "--config.norm=gn", *SMALL,
+            f"--workdir={workdir}"]
+    first = _bnlab(*args)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = (workdir / "runs").iterdir()
+    assert run_dir.name.startswith("norm=gn,train_size=256,num_steps=6,log_every=3,batch_size=16-")
+    lines = first.stdout.strip().splitlines()
+    assert lines[0] == f"run {run_dir}"
+    summary = json.loads(lines[-1])
+    assert summary["status"] == "done" and summary["step"] == 6
+    second = _bnlab(*args)
+    assert second.returncode == 0 and "finished before" in second.stdout
+    assert len(list((workdir / "runs").iterdir())) == 1
+
+
+BAD_INPUT = [
+    (["--config.norm=batchnorm"], "config.norm='batchnorm': allowed: bn, ln, in, gn, none"),
+    (["--config.norm=gn", "--config.num_groups=3"], "config.num_groups=3: must divide the 16"),
+    (["--config.norm=gn", "--config.group_size=5"], "config.group_size=5: must divide"),
+    (["--config.virtual_batch_size=5"], "config.virtual_batch_size=5: must divide "
+                                        "config.batch_size=64"),
+    (["--config.data_dir=/nonexistent"], "apt-get install dataset-fashion-mnist"),
+    (["--config.model=vgg"], "config.model='vgg': allowed"),
+    (["--config.model=mlp", "--config.norm=in"], "config.norm='in': instance norm needs"),
+    (["--config.learning_rate=-1"], "config.learning_rate=-1.0: must be > 0"),
+    (["--config.optimizer=lamb"], "config.optimizer='lamb'"),
+    (["--config.batch_size=100000"], "config.batch_size=100000: larger than"),
+    (["--config.nrom=gn"], "unknown config field 'nrom'; did you mean 'norm'?"),
+    (["--config.batch_size=abc"], "config.batch_size"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUT)
+def test_bad_values_fail_in_one_line_before_writing(tmp_path, overrides, message):
+    workdir = tmp_path / "w"
+    result = _bnlab("train", "--config", "configs/default.py", *overrides,
+                    f"--workdir={workdir}")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert not workdir.exists()
+
+
+def test_missing_dataset_from_the_environment(tmp_path):
+    result = _bnlab("train", f"--workdir={tmp_path / 'w'}", env={"BNLAB_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "Fashion-MNIST IDX files not found" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--config", "configs/nope.py", "--workdir=x"],
+     "cannot load the config file: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    (["train", "--config", "configs/default.py"], "--workdir is required"),
+    (["fly"], "unknown command 'fly'"),
+])
+def test_bad_command_lines(args, message):
+    result = _bnlab(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr

@@ -1,0 +1,101 @@
+"""The tracking directory: atomic files, TensorBoard readability, crash behaviour."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from bnlab import tracking, train
+
+
+def test_tensorboard_reads_the_scalars_and_hparams(synthetic_config, tmp_path):
+    synthetic_config.norm = "gn"
+    train.train_and_evaluate(synthetic_config, str(tmp_path))
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    scalars = accumulator.Tags()["scalars"]
+    assert {"train/loss", "train/accuracy", "test/loss", "test/accuracy",
+            "learning_rate"} <= set(scalars)
+    losses = accumulator.Scalars("train/loss")
+    rows = tracking.read_metrics(tmp_path / "metrics.jsonl")
+    assert [e.step for e in losses] == [r["step"] for r in rows]
+    assert [e.value for e in losses] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
+
+    content = accumulator.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["norm"].string_value == "gn"
+    assert start.hparams["learning_rate"].number_value == pytest.approx(0.05)
+    assert start.hparams["norm_batch_size"].number_value == 1
+    assert start.hparams["sgd_batch_size"].number_value == 32
+
+
+def test_run_directory_files(synthetic_config, tmp_path):
+    train.train_and_evaluate(synthetic_config, str(tmp_path))
+    config = tracking.read_json(tmp_path / "config.json")
+    assert config["norm"] == "bn" and config["batch_size"] == 32
+    env = tracking.read_json(tmp_path / "env.json")
+    assert env["platform"] == "cpu" and env["jax"] and env["device_count"] >= 1
+    summary = tracking.read_json(tmp_path / "summary.json")
+    assert summary["status"] == "done" and summary["num_params"] > 0
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    path = tmp_path / "summary.json"
+    with pytest.raises(TypeError):
+        tracking.write_json_atomic(path, {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+    tracking.write_json_atomic(path, {"a": float("nan"), "b": [1.5]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5]}  # strict JSON, no NaN
+
+
+def test_read_metrics_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "x": 1.0}\n{"step": 2, "x": 2.0}\n{"step": 3, "x"')
+    assert tracking.read_metrics(path) == [{"step": 1, "x": 1.0}, {"step": 2, "x": 2.0}]
+
+
+def test_run_id_is_readable_and_deterministic():
+    flat = {"norm": "gn", "batch_size": 8, "seed": 0, "data_dir": None}
+    varied = ["norm", "batch_size"]
+    a = tracking.run_id(flat, varied)
+    assert a.startswith("norm=gn,batch_size=8-") and a == tracking.run_id(dict(flat), varied)
+    assert a != tracking.run_id({**flat, "seed": 1}, varied)
+
+
+def test_a_killed_run_leaves_no_summary(tmp_path):
+    workdir = tmp_path / "w"
+    command = [sys.executable, "-m", "bnlab", "train", "--config", "configs/default.py",
+               "--config.dataset=synthetic", "--config.num_steps=100000",
+               "--config.log_every=2", "--config.batch_size=8", f"--workdir={workdir}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            metrics = list(workdir.glob("runs/*/metrics.jsonl"))
+            if metrics and len(tracking.read_metrics(metrics[0])) >= 3:
+                break
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no metrics within 120 s")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    (run_dir,) = workdir.glob("runs/*")
+    status = tracking.read_json(run_dir / "status.json")
+    assert status["status"] == "running" and status["pid"] == process.pid  # never said done
+    assert not (run_dir / "summary.json").exists()
+    assert len(tracking.read_metrics(run_dir / "metrics.jsonl")) >= 3
+    assert not list(run_dir.glob(".*.tmp"))

@@ -1,0 +1,168 @@
+"""Real training steps on small real data, and the optimizer against hand formulas."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnlab import models, tracking, train
+
+
+def _rows(run_dir):
+    return tracking.read_metrics(run_dir / "metrics.jsonl")
+
+
+def test_a_real_run_learns_fashion_mnist(small_config, tmp_path):
+    small_config.train_size = 2048
+    small_config.num_steps = 60
+    summary = train.train_and_evaluate(small_config, str(tmp_path))
+    assert summary["status"] == "done" and summary["step"] == 60
+    # 10 classes: chance is 0.1. 60 SGD steps of the BN SimpleCNN get far past it.
+    assert summary["test_accuracy"] > 0.6, summary
+    assert summary["sgd_batch_size"] == 32 and summary["norm_batch_size"] == 32
+    # Smallest normalized layer: conv2's 14×14 map over 32 examples.
+    assert summary["values_per_statistic"] == 32 * 14 * 14
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows] == list(range(5, 61, 5))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
+    assert tracking.read_json(tmp_path / "status.json")["status"] == "done"
+
+
+def test_same_config_and_seed_give_identical_metrics(small_config, tmp_path):
+    small_config.augment = True  # the augmentation's randomness must be seeded too
+    train.train_and_evaluate(small_config, str(tmp_path / "a"))
+    train.train_and_evaluate(small_config, str(tmp_path / "b"))
+    small_config.seed = 1
+    train.train_and_evaluate(small_config, str(tmp_path / "c"))
+    a, b, c = (_rows(tmp_path / n) for n in "abc")
+    without_time = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert without_time(a) == without_time(b)  # bit for bit: exact float equality
+    assert without_time(a) != without_time(c)
+
+
+def test_learning_rate_weight_decay_and_seed_reuse_one_compiled_step(synthetic_config, tmp_path):
+    train.step_functions.cache_clear()
+    before = dict(train.TRACE_COUNTS)
+    results = []
+    for i, (lr, wd, seed) in enumerate([(0.05, 0.0, 0), (0.2, 5e-4, 0), (0.01, 1e-3, 3)]):
+        synthetic_config.learning_rate, synthetic_config.weight_decay = lr, wd
+        synthetic_config.seed = seed
+        results.append(train.train_and_evaluate(synthetic_config, str(tmp_path / str(i))))
+    assert train.TRACE_COUNTS["train_step"] - before["train_step"] == 1
+    assert train.TRACE_COUNTS["eval_step"] - before["eval_step"] == 1
+    assert len({r["train_loss"] for r in results}) == 3  # the values did reach the step
+    assert [_rows(tmp_path / str(i))[0]["learning_rate"] for i in range(3)] == [0.05, 0.2, 0.01]
+
+
+def test_a_diverging_run_is_recorded_not_raised(synthetic_config, tmp_path):
+    synthetic_config.norm = "none"
+    synthetic_config.learning_rate = 1e4
+    summary = train.train_and_evaluate(synthetic_config, str(tmp_path))
+    assert summary["status"] == "diverged"
+    assert 1 <= summary["diverged_step"] <= synthetic_config.num_steps
+    status = tracking.read_json(tmp_path / "status.json")
+    assert status["status"] == "diverged" and status["diverged_step"] == summary["diverged_step"]
+    written = tracking.read_json(tmp_path / "summary.json")
+    assert written["status"] == "diverged" and written["test_accuracy"] is None
+
+
+def test_steps_to_target_is_the_first_eval_reaching_it(small_config, tmp_path):
+    small_config.target_accuracy = 0.5
+    small_config.num_steps = 40
+    summary = train.train_and_evaluate(small_config, str(tmp_path))
+    evals = [(r["step"], r["test_accuracy"]) for r in _rows(tmp_path) if "test_accuracy" in r]
+    assert [s for s, _ in evals] == list(range(5, 41, 5))  # every log step when a target is set
+    reached = [s for s, acc in evals if acc >= 0.5]
+    assert reached, evals
+    assert summary["steps_to_target"] == reached[0]
+    assert summary["best_test_accuracy"] == max(acc for _, acc in evals)
+
+
+def test_ghost_bn_run_reports_its_normalization_batch(synthetic_config, tmp_path):
+    synthetic_config.virtual_batch_size = 4
+    summary = train.train_and_evaluate(synthetic_config, str(tmp_path))
+    assert summary["sgd_batch_size"] == 32 and summary["norm_batch_size"] == 4
+    assert summary["values_per_statistic"] == 4 * 14 * 14
+
+
+@pytest.mark.parametrize("model", ["resnet20", "plain_cnn", "mlp"])
+def test_other_models_train(synthetic_config, tmp_path, model):
+    synthetic_config.model = model
+    synthetic_config.depth = 6
+    synthetic_config.num_steps = 10
+    synthetic_config.optimizer = "adamw"
+    synthetic_config.learning_rate = 1e-3
+    summary = train.train_and_evaluate(synthetic_config, str(tmp_path))
+    assert summary["status"] == "done" and summary["test_accuracy"] is not None
+
+
+# ---------------------------------------------------------------- optimizer
+
+def _spec(**changes):
+    base = dict(name="sgd", momentum=0.0, nesterov=False, schedule="constant", total_steps=20,
+                warmup_steps=0, step_boundaries=(0.5, 0.75), step_decay=0.1,
+                decay_norm_params=False)
+    return train.OptimizerSpec(**{**base, **changes})
+
+
+def _applied_rates(spec, lr=0.3):
+    """Runs the optimizer on a unit gradient: with momentum 0 and no decay, each
+    update is exactly -lr_t, the learning rate the optimizer really used."""
+    tx = train.make_optimizer(spec)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    state.hyperparams["learning_rate"] = jnp.asarray(lr)
+    rates = []
+    for _ in range(spec.total_steps):
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        rates.append(-float(updates["w"]))
+    return rates
+
+
+def test_cosine_schedule_with_warmup_matches_the_formula():
+    total, warmup, lr = 20, 5, 0.3
+    rates = _applied_rates(_spec(schedule="cosine", warmup_steps=warmup), lr)
+    expected = [lr * t / warmup if t < warmup
+                else lr * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+                for t in range(total)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_step_schedule_matches_the_formula():
+    rates = _applied_rates(_spec(schedule="step", warmup_steps=2), 0.3)
+    expected = [0.3 * t / 2 if t < 2 else 0.3 if t < 10 else 0.03 if t < 15 else 0.003
+                for t in range(20)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_constant_schedule_and_sgd_momentum():
+    np.testing.assert_allclose(_applied_rates(_spec(), 0.3), [0.3] * 20, rtol=1e-6)
+    # Heavy-ball momentum on a constant gradient: lr · (1 + m + … + m^t).
+    rates = _applied_rates(_spec(momentum=0.9, total_steps=4), 0.1)
+    np.testing.assert_allclose(rates, [0.1 * sum(0.9**k for k in range(t + 1)) for t in range(4)],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("decay_norm_params", [False, True])
+def test_weight_decay_and_the_norm_parameter_exclusion(decay_norm_params):
+    model = models.make("simple_cnn", norm="bn")
+    params = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=True)["params"]
+    params = jax.tree.map(lambda p: p + 1.0, params)  # norm biases start at 0: shift all
+    tx = train.make_optimizer(_spec(decay_norm_params=decay_norm_params))
+    state = tx.init(params)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.5)
+    state.hyperparams["weight_decay"] = jnp.asarray(0.01)
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, state, params)
+    # SGD with coupled decay: update = -lr · wd · param.
+    np.testing.assert_allclose(updates["conv1"]["kernel"], -0.5 * 0.01 * params["conv1"]["kernel"],
+                               rtol=1e-6)
+    norm_update = updates["norm1"]["BatchNorm_0"]["scale"]
+    norm_scale = params["norm1"]["BatchNorm_0"]["scale"]
+    if decay_norm_params:
+        np.testing.assert_allclose(norm_update, -0.5 * 0.01 * norm_scale, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(norm_update, 0.0)
