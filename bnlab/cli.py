@@ -68,8 +68,9 @@ def train_command(argv: list[str]) -> int:
     from bnlab import config as config_lib
     from bnlab import tracking, train
 
+    varied = [key for key in overrides if key not in config_lib.LAUNCH_FIELDS]
     run_dir = Path(flag_values.workdir) / "runs" / tracking.run_id(
-        config_lib.flatten(config), overrides)
+        config_lib.identity(config), varied)
     if (run_dir / "summary.json").is_file():
         print(f"{run_dir}: finished before, not run again (remove the folder to rerun)")
         _print_summary(tracking.read_json(run_dir / "summary.json"))

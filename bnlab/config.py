@@ -75,6 +75,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, "train_size")
     if config.eval_every is not None:
         _positive_int(config, "eval_every")
+    modes = [m.strip() for m in str(config.bn_eval).split(",")]
+    _require(config, "bn_eval", bool(modes) and set(modes) <= {"ema", "precise", "batch"},
+             "a comma list of: ema, precise, batch")
+    _positive_int(config, "precise_bn_batches")
     if config.target_accuracy is not None:
         _require(config, "target_accuracy", 0 < config.target_accuracy <= 1,
                  "must be in (0, 1]")
@@ -113,9 +117,13 @@ def norm_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return options
 
 
-def norm_batch_size(config: ml_collections.ConfigDict) -> int:
-    """Examples one BN statistic is computed over (DESIGN.md §5); the SGD batch otherwise."""
-    return config.virtual_batch_size or config.batch_size
+# How a run was launched, not what it computes: left out of its identity (run id).
+LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id")
+
+
+def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The flattened fields that define what a run computes."""
+    return {k: v for k, v in flatten(config).items() if k not in LAUNCH_FIELDS}
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:

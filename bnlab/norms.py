@@ -24,12 +24,18 @@ import jax.numpy as jnp
 from bnlab.config import ConfigError
 
 
-def _moments(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+def _moments(x: jax.Array, axes: tuple[int, ...], axis_name=None,
+             axis_index_groups=None) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance in float32, two-pass: E[(x-μ)²] stays accurate where
-    E[x²]-μ² loses digits to cancellation."""
+    E[x²]-μ² loses digits to cancellation. With `axis_name`, over the examples of
+    all those devices: exact for equal per-device batches (one pmean per pass)."""
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axes, keepdims=True)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name, axis_index_groups=axis_index_groups)
     var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name, axis_index_groups=axis_index_groups)
     return mean, var
 
 
@@ -43,11 +49,22 @@ class BatchNorm(nn.Module):
     """BN over (N, H, W) per channel, or over each ghost batch of `virtual_batch_size`
     examples. Running averages (one set, also with ghost batches) follow Flax's
     convention: `running = momentum * running + (1 - momentum) * batch` with the
-    biased batch variance; momentum 0.9 is PyTorch's `momentum=0.1`."""
+    biased batch variance; momentum 0.9 is PyTorch's `momentum=0.1`.
+
+    Across devices (inside `pmap` or `shard_map`): `sync_axis_name` (with
+    `sync_groups` under pmap) names the devices whose examples pool into one
+    statistic; without it each device normalizes with its own. `axis_name` names
+    the data-parallel axes the sync does not cover: the running averages are
+    averaged over them every step, so every replica holds the same running
+    statistics whatever the sync (`parallel.Layout.bn_options` sets both).
+    """
 
     momentum: float = 0.9
     epsilon: float = 1e-5
     virtual_batch_size: int | None = None
+    axis_name: str | tuple[str, ...] | None = None
+    sync_axis_name: str | tuple[str, ...] | None = None
+    sync_groups: tuple[tuple[int, ...], ...] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -65,12 +82,16 @@ class BatchNorm(nn.Module):
         # Ghost batches as a leading axis: statistics per group, one reshape, no loop.
         xg = x.reshape((x.shape[0] // ghost, ghost) + x.shape[1:])
         axes = tuple(range(1, xg.ndim - 1))
-        mean, var = _moments(xg, axes)
+        # Collectives only inside a parallel step; init runs on one device.
+        sync = None if self.is_initializing() else self.sync_axis_name
+        mean, var = _moments(xg, axes, sync, self.sync_groups)
         y = ((xg.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         if not self.is_initializing():
-            # Equal-sized ghost batches: the mean of their statistics is one update.
+            # Equal-sized ghost batches and devices: the mean of their statistics is one update.
             batch_mean = jnp.mean(mean.reshape(-1, features), axis=0)
             batch_var = jnp.mean(var.reshape(-1, features), axis=0)
+            if self.axis_name is not None:
+                batch_mean, batch_var = jax.lax.pmean((batch_mean, batch_var), self.axis_name)
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * batch_mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * batch_var
         return _affine(self, y, features, x.dtype)

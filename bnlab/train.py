@@ -21,7 +21,7 @@ import optax
 from tqdm.auto import tqdm
 
 from bnlab import config as config_lib
-from bnlab import data, models, norms, tracking
+from bnlab import data, models, norms, parallel, tracking
 
 # Tracing a step function counts here: tests and the sweep report compilations.
 TRACE_COUNTS: dict[str, int] = {"train_step": 0, "eval_step": 0}
@@ -59,14 +59,18 @@ class Prepared:
     test_set: data.Dataset
     model: Any
     optimizer: OptimizerSpec
+    layout: parallel.Layout
     total_steps: int
     norm_layers: list[dict[str, Any]]
+    facts: dict[str, Any]  # what the run reports about its own shape
 
 
 def prepare(config: ml_collections.ConfigDict) -> Prepared:
     """Validates the config, loads the data and traces the model (no compile).
     Raises `ConfigError` on anything that cannot run."""
+    parallel.initialize_distributed(config)  # before anything touches the devices
     config_lib.validate(config)
+    layout = parallel.layout_from_config(config)
     options = {"data_dir": config.data_dir}
     if config.dataset == "synthetic":
         options.update(config.get("synthetic", {}))
@@ -75,21 +79,35 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     if len(train_set) < config.batch_size:
         raise config_lib.ConfigError("batch_size", config.batch_size,
                                      f"larger than the {len(train_set)} training examples")
+    norm_options = config_lib.norm_options(config)
+    if config.norm == "bn":
+        norm_options.update(layout.bn_options())
     model_options: dict[str, Any] = {"norm_placement": config.norm_placement}
     if config.model == "plain_cnn":
         model_options.update(depth=config.depth, width=config.width)
     model = models.make(config.model, norm=config.norm, num_classes=train_set.num_classes,
-                        norm_options=config_lib.norm_options(config), dtype=config.dtype,
-                        **model_options)
-    # Tracing init at the real batch shape finds shape errors (GN groups that do not
-    # divide a layer's channels, IN on an MLP) before anything is compiled or written.
-    norm_layers = models.normalized_layers(model, (config.batch_size,) + train_set.image_shape)
+                        norm_options=norm_options, dtype=config.dtype, **model_options)
+    # Tracing init at the per-device batch shape finds shape errors (GN groups that do
+    # not divide a layer's channels, IN on an MLP, a ghost batch that does not divide
+    # the per-device batch) before anything is compiled or written.
+    per_device = config.batch_size // layout.num_devices
+    norm_layers = models.normalized_layers(model, (per_device,) + train_set.image_shape)
     steps_per_epoch = len(train_set) // config.batch_size
     total_steps = config.num_steps or max(1, round(config.num_epochs * steps_per_epoch))
     spec = OptimizerSpec(config.optimizer, config.momentum, config.nesterov, config.schedule,
                          total_steps, config.warmup_steps, tuple(config.step_boundaries),
                          config.step_decay, config.decay_norm_params)
-    return Prepared(config, train_set, test_set, model, spec, total_steps, norm_layers)
+    is_bn = config.norm == "bn"
+    # BN layers pool sync_size devices' statistics; other norms are per example.
+    per_stat = [layer["values_per_statistic"] * (layout.sync_size if is_bn else 1)
+                for layer in norm_layers]
+    facts = {"sgd_batch_size": config.batch_size,
+             "norm_batch_size": parallel.norm_batch_size(config, layout) if is_bn else 1,
+             "values_per_statistic": min(per_stat) if per_stat else None,
+             "num_devices": layout.num_devices, "total_steps": total_steps,
+             "train_examples": len(train_set)}
+    return Prepared(config, train_set, test_set, model, spec, layout, total_steps,
+                    norm_layers, facts)
 
 
 # ---------------------------------------------------------------- optimizer
@@ -145,10 +163,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The compiled functions of one (model, optimizer, layout)."""
+
+    init: Any  # (rng, sample, learning_rate, weight_decay) → TrainState, on one device
+    train: Any  # (state, totals, images, labels) → (state, totals)
+    evaluate: Any  # (state, images, labels, mask) → (loss sum, correct), running averages
+    batch_stats: Any  # (state, images, labels) → (this batch's BN stats, loss sum, correct)
+
+
 @functools.lru_cache(maxsize=64)
-def step_functions(model, spec: OptimizerSpec):
-    """Jitted (init, train_step, eval_step) for one model and optimizer shape,
-    shared by every run with the same ones."""
+def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout) -> Steps:
+    """Compiled steps shared by every run with the same model, optimizer shape and
+    layout: learning rate, weight decay and seed are values, not part of the key."""
     tx = make_optimizer(spec)
 
     def init(rng, sample, learning_rate, weight_decay):
@@ -169,14 +197,17 @@ def step_functions(model, spec: OptimizerSpec):
             return jnp.mean(cross_entropy(logits, labels)), (logits, updates)
 
         (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
+            layout.vary(state.params))
+        # Each device's loss is the mean over its own examples; equal per-device
+        # batches make the mean over devices the gradient of the global batch.
+        grads, loss = layout.mean((grads, loss))
         deltas, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, deltas)
         bad = ~jnp.isfinite(loss)
         totals = {
             "loss": totals["loss"] + loss,
-            "correct": totals["correct"] + jnp.sum(jnp.argmax(logits, -1) == labels),
-            "count": totals["count"] + labels.shape[0],
+            "correct": totals["correct"] + layout.sum(jnp.sum(jnp.argmax(logits, -1) == labels)),
+            "count": totals["count"] + labels.shape[0] * layout.num_devices,
             "steps": totals["steps"] + 1,
             # The first step whose loss was NaN/Inf, found without a host sync per step.
             "diverged_step": jnp.where(bad & (totals["diverged_step"] < 0), state.step,
@@ -192,9 +223,22 @@ def step_functions(model, spec: OptimizerSpec):
                              images, train=False)
         losses = jnp.where(mask, cross_entropy(logits, labels), 0.0)
         correct = jnp.where(mask, jnp.argmax(logits, -1) == labels, False)
-        return jnp.sum(losses), jnp.sum(correct)
+        return layout.sum((jnp.sum(losses), jnp.sum(correct)))
 
-    return jax.jit(init), jax.jit(train_step), jax.jit(eval_step)
+    # BN with momentum 0 stores exactly this batch's statistics as its running ones.
+    stats_model = model.clone(norm_options=tuple(
+        (k, 0.0 if k == "momentum" else v) for k, v in model.norm_options))
+
+    def batch_stats_step(state: TrainState, images, labels):
+        logits, updates = stats_model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats}, images, train=True,
+            mutable=["batch_stats"])
+        loss_sum = jnp.sum(cross_entropy(logits, labels))
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        return updates.get("batch_stats", {}), *layout.sum((loss_sum, correct))
+
+    return Steps(jax.jit(init), layout.compile(train_step, 2, replicated_args=2),
+                 layout.compile(eval_step, 3), layout.compile(batch_stats_step, 2))
 
 
 def new_totals() -> dict[str, jax.Array]:
@@ -203,14 +247,45 @@ def new_totals() -> dict[str, jax.Array]:
             "diverged_step": jnp.full((), -1, jnp.int32)}
 
 
-def evaluate(eval_step, state: TrainState, dataset: data.Dataset,
+def evaluate(steps: Steps, layout: parallel.Layout, state: TrainState, dataset: data.Dataset,
              batch_size: int) -> dict[str, float]:
+    """Test loss and accuracy with the running statistics (BN's EMA)."""
+    batch_size = -(-min(batch_size, len(dataset)) // layout.num_devices) * layout.num_devices
     loss_sum, correct = 0.0, 0
-    for images, labels, mask in data.eval_batches(dataset, min(batch_size, len(dataset))):
-        batch_loss, batch_correct = eval_step(state, images, labels, mask)
+    for arrays in data.eval_batches(dataset, batch_size):
+        batch_loss, batch_correct = layout.fetch(steps.evaluate(state, *layout.shard(*arrays)))
         loss_sum += float(batch_loss)
         correct += int(batch_correct)
     return {"loss": loss_sum / len(dataset), "accuracy": correct / len(dataset)}
+
+
+def precise_bn_statistics(steps: Steps, layout: parallel.Layout, state: TrainState,
+                          batches, num_batches: int):
+    """PreciseBN (Wu & Johnson 2021; fvcore's precise_bn): with frozen weights, the
+    equal-weight average of the BN statistics of `num_batches` training batches,
+    each computed exactly as in training (same normalization batch)."""
+    total = None
+    for _ in range(num_batches):
+        stats, _, _ = steps.batch_stats(state, *layout.shard(*next(batches)))
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    return jax.tree.map(lambda x: x / num_batches, total)
+
+
+def evaluate_with_batch_statistics(steps: Steps, layout: parallel.Layout, state: TrainState,
+                                   dataset: data.Dataset, batch_size: int) -> dict[str, float]:
+    """Test loss and accuracy when BN normalizes each test batch by its own statistics,
+    in batches of the training batch size (the remainder of the split is left out:
+    padding would change the statistics)."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    for start in range(0, len(dataset) - batch_size + 1, batch_size):
+        images = dataset.images[start:start + batch_size]
+        labels = dataset.labels[start:start + batch_size]
+        _, batch_loss, batch_correct = layout.fetch(
+            steps.batch_stats(state, *layout.shard(images, labels)))
+        loss_sum += float(batch_loss)
+        correct += int(batch_correct)
+        seen += batch_size
+    return {"loss": loss_sum / seen, "accuracy": correct / seen}
 
 
 # ---------------------------------------------------------------- the run
@@ -225,49 +300,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def run_prepared(run: Prepared, workdir: str) -> dict[str, Any]:
-    """`train_and_evaluate` after `prepare`: for callers that report between the two."""
-    config = run.config
-    flat = config_lib.flatten(config)
-    norm_batch = config_lib.norm_batch_size(config) if config.norm == "bn" else 1
-    per_stat = [layer["values_per_statistic"] for layer in run.norm_layers]
-    facts = {"sgd_batch_size": config.batch_size, "norm_batch_size": norm_batch,
-             "values_per_statistic": min(per_stat) if per_stat else None,
-             "total_steps": run.total_steps, "train_examples": len(run.train_set)}
+    """`train_and_evaluate` after `prepare`: for callers that report between the two.
+    Only process 0 writes the run directory."""
+    flat = config_lib.flatten(run.config)
     writer = tracking.RunWriter(workdir, active=jax.process_index() == 0)
-    writer.start(flat, {**flat, **facts})
+    writer.start(flat, {**flat, **run.facts})
     try:
         summary = _train(run, writer)
     except BaseException as error:
         writer.fail(error)
         raise
-    summary.update(facts)
+    summary.update(run.facts)
     status = "diverged" if summary["diverged_step"] is not None else "done"
     writer.finish(status, summary, step=summary["step"],
                   **({"diverged_step": summary["diverged_step"]} if status == "diverged" else {}))
     return {"status": status, **summary}
 
 
+def _final_bn_evaluations(run: Prepared, steps: Steps, state: TrainState) -> dict[str, float]:
+    """The extra BN evaluation modes of `config.bn_eval` beside the EMA one."""
+    config, layout, out = run.config, run.layout, {}
+    modes = {m.strip() for m in config.bn_eval.split(",")}
+    if config.norm != "bn":
+        return out
+    if "precise" in modes:
+        batches = data.train_batches(run.train_set, config.batch_size, config.seed + 1,
+                                     config.augment)
+        stats = precise_bn_statistics(steps, layout, state, batches, config.precise_bn_batches)
+        test = evaluate(steps, layout, state.replace(batch_stats=stats), run.test_set,
+                        config.eval_batch_size)
+        out.update(test_loss_precise_bn=test["loss"], test_accuracy_precise_bn=test["accuracy"])
+    if "batch" in modes:
+        test = evaluate_with_batch_statistics(steps, layout, state, run.test_set,
+                                              config.batch_size)
+        out.update(test_loss_batch_stats=test["loss"],
+                   test_accuracy_batch_stats=test["accuracy"])
+    return out
+
+
 def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
-    config = run.config
-    init, train_step, eval_step = step_functions(run.model, run.optimizer)
-    sample = jnp.zeros((config.batch_size,) + run.train_set.image_shape, jnp.float32)
-    state = init(jax.random.key(config.seed), sample, config.learning_rate, config.weight_decay)
+    config, layout = run.config, run.layout
+    steps = step_functions(run.model, run.optimizer, layout)
+    sample = jnp.zeros((config.batch_size // layout.num_devices,) + run.train_set.image_shape,
+                       jnp.float32)
+    state = steps.init(jax.random.key(config.seed), sample, config.learning_rate,
+                       config.weight_decay)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    state = layout.replicate(state)
     factor = schedule_factor(run.optimizer)
     eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
 
     batches = data.train_batches(run.train_set, config.batch_size, config.seed, config.augment)
-    totals = new_totals()
+    totals = layout.replicate(new_totals())
     start = time.perf_counter()
     first_step_s = None
     last: dict[str, Any] = {}
     best_test, steps_to_target, diverged_step = None, None, None
     progress = tqdm(total=run.total_steps, desc=f"{config.model}/{config.norm}", unit="step",
-                    dynamic_ncols=True, disable=None, leave=False)
+                    dynamic_ncols=True, disable=None if jax.process_index() == 0 else True,
+                    leave=False)
     try:
         for step in range(1, run.total_steps + 1):
-            images, labels = next(batches)
-            state, totals = train_step(state, totals, images, labels)
+            state, totals = steps.train(state, totals, *layout.shard(*next(batches)))
             if first_step_s is None:
                 jax.block_until_ready(state.step)
                 first_step_s = time.perf_counter() - start
@@ -275,8 +369,8 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
             is_last = step == run.total_steps
             if step % config.log_every and not is_last:
                 continue
-            host = jax.device_get(totals)
-            totals = new_totals()
+            host = layout.fetch(totals)
+            totals = layout.replicate(new_totals())
             row = {"train_loss": float(host["loss"]) / max(1, host["steps"]),
                    "train_accuracy": float(host["correct"]) / max(1, host["count"]),
                    "learning_rate": config.learning_rate * float(factor(step - 1)),
@@ -287,12 +381,14 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
                 last = row
                 break
             if is_last or (eval_every and step % eval_every == 0):
-                test = evaluate(eval_step, state, run.test_set, config.eval_batch_size)
+                test = evaluate(steps, layout, state, run.test_set, config.eval_batch_size)
                 row.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
                 best_test = max(best_test or 0.0, test["accuracy"])
                 if (config.target_accuracy and steps_to_target is None
                         and test["accuracy"] >= config.target_accuracy):
                     steps_to_target = step
+            if is_last:
+                row.update(_final_bn_evaluations(run, steps, state))
             writer.log(step, row)
             last = row
             progress.set_postfix(loss=f"{row['train_loss']:.3f}",
@@ -304,12 +400,14 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
     wall = time.perf_counter() - start
     steps_done = diverged_step or run.total_steps
     timed_steps = steps_done - 1
+    extra_evals = {k: v for k, v in last.items() if k.endswith(("_precise_bn", "_batch_stats"))}
     return {
         "step": steps_done,
         "epochs": steps_done * config.batch_size / len(run.train_set),
         "diverged_step": diverged_step,
         "test_accuracy": None if diverged_step else last.get("test_accuracy"),
         "test_loss": None if diverged_step else last.get("test_loss"),
+        **extra_evals,
         "best_test_accuracy": best_test,
         "train_loss": None if diverged_step else last.get("train_loss"),
         "train_accuracy": last.get("train_accuracy"),

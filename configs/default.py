@@ -34,6 +34,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_groups = 8  # gn: groups per layer (the GN paper's 32 exceeds conv1's 16 channels)
     config.group_size = placeholder(int)  # gn: channels per group; overrides num_groups
 
+    # Devices and batch statistics (DESIGN.md §5).
+    config.parallel = "none"  # none (one device, jit), pmap, shard_map
+    config.num_devices = placeholder(int)  # data-parallel devices; all when unset
+    config.bn_sync = "global"  # BN statistics over: global (all devices), local, or k (groups)
+    config.bn_eval = "ema"  # comma list of ema (running averages), precise (PreciseBN), batch
+    config.precise_bn_batches = 200  # training batches PreciseBN averages over
+    # Multi-process: set these to launch by hand; Slurm/Open MPI are detected.
+    config.coordinator_address = placeholder(str)  # host:port of process 0
+    config.num_processes = placeholder(int)
+    config.process_id = placeholder(int)
+
     # Optimization.
     config.optimizer = "sgd"  # or adamw
     config.learning_rate = 0.05

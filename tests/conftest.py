@@ -1,5 +1,10 @@
+import os
 import sys
 from pathlib import Path
+
+# 8 simulated CPU devices for the cross-device tests; must precede the first JAX
+# import. Single-device runs use the first of them, as they would on a real host.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import pytest
 
