@@ -68,14 +68,15 @@ def train_command(argv: list[str]) -> int:
     from bnlab import config as config_lib
     from bnlab import tracking, train
 
+    prepared = train.prepare(config)  # every check, before the first write or compile
     varied = [key for key in overrides if key not in config_lib.LAUNCH_FIELDS]
     run_dir = Path(flag_values.workdir) / "runs" / tracking.run_id(
-        config_lib.identity(config), varied)
+        config_lib.identity(config), varied, prepared.facts["sgd_batch_size"],
+        prepared.facts["norm_batch_size"])
     if (run_dir / "summary.json").is_file():
         print(f"{run_dir}: finished before, not run again (remove the folder to rerun)")
         _print_summary(tracking.read_json(run_dir / "summary.json"))
         return 0
-    prepared = train.prepare(config)  # every check, before the first write or compile
     print(f"run {run_dir}", flush=True)
     summary = train.run_prepared(prepared, str(run_dir))
     _print_summary(summary)

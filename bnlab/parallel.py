@@ -167,8 +167,15 @@ def layout_from_config(config) -> Layout:
         raise ConfigError("parallel", config.parallel, f"allowed: {', '.join(MODES)}")
     if config.parallel == "none":
         return Layout()
+    if jax.process_count() > 1 and config.parallel == "pmap":
+        # Here pmap spans this process's devices: its means would skip the others.
+        raise ConfigError("parallel", config.parallel,
+                          "several processes need parallel='shard_map'")
     available = jax.local_device_count() if config.parallel == "pmap" else jax.device_count()
     num_devices = config.num_devices or available
+    if jax.process_count() > 1 and num_devices != available:
+        raise ConfigError("num_devices", num_devices,
+                          f"several processes use all {available} devices")
     if not 1 <= num_devices <= available:
         raise ConfigError("num_devices", num_devices,
                           f"must be between 1 and the {available} devices here")

@@ -82,13 +82,15 @@ def config_hash(flat_config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def run_id(flat_config: dict[str, Any], varied: list[str]) -> str:
-    """Readable and deterministic: the varied fields, then a hash of the whole
-    resolved config, e.g. `norm=gn,batch_size=8-1a2b3c4d`."""
+def run_id(flat_config: dict[str, Any], varied: list[str], sgd_batch_size: int,
+           norm_batch_size: int) -> str:
+    """Readable and deterministic: the varied fields, the two batch sizes (SGD and
+    normalization), then a hash of the whole resolved config, e.g.
+    `norm=gn,batch_size=8-sgd8-nb1-1a2b3c4d`."""
     parts = [f"{key.split('.')[-1]}={flat_config[key]}" for key in varied if key in flat_config]
     readable = re.sub(r"[^A-Za-z0-9=,._+-]", "_", ",".join(parts))[:120]
-    digest = config_hash(flat_config)
-    return f"{readable}-{digest}" if readable else digest
+    batches = f"sgd{sgd_batch_size}-nb{norm_batch_size}"
+    return "-".join(p for p in (readable, batches, config_hash(flat_config)) if p)
 
 
 def environment() -> dict[str, Any]:

@@ -353,7 +353,7 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
     batches = data.train_batches(run.train_set, config.batch_size, config.seed, config.augment)
     totals = layout.replicate(new_totals())
     start = time.perf_counter()
-    first_step_s = None
+    first_step_s, eval_s = None, 0.0  # eval time is kept out of the speed figures
     last: dict[str, Any] = {}
     best_test, steps_to_target, diverged_step = None, None, None
     progress = tqdm(total=run.total_steps, desc=f"{config.model}/{config.norm}", unit="step",
@@ -380,6 +380,7 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
                 writer.log(step, {**row, "train_loss": float("nan")})
                 last = row
                 break
+            eval_start = time.perf_counter()
             if is_last or (eval_every and step % eval_every == 0):
                 test = evaluate(steps, layout, state, run.test_set, config.eval_batch_size)
                 row.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
@@ -389,6 +390,7 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
                     steps_to_target = step
             if is_last:
                 row.update(_final_bn_evaluations(run, steps, state))
+            eval_s += time.perf_counter() - eval_start
             writer.log(step, row)
             last = row
             progress.set_postfix(loss=f"{row['train_loss']:.3f}",
@@ -400,6 +402,7 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
     wall = time.perf_counter() - start
     steps_done = diverged_step or run.total_steps
     timed_steps = steps_done - 1
+    train_s = wall - first_step_s - eval_s
     extra_evals = {k: v for k, v in last.items() if k.endswith(("_precise_bn", "_batch_stats"))}
     return {
         "step": steps_done,
@@ -416,7 +419,8 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
         "num_params": num_params,
         "wall_time_s": wall,
         "first_step_s": first_step_s,  # includes compilation
-        "steps_per_s": timed_steps / (wall - first_step_s) if timed_steps > 0 else None,
-        "examples_per_s": (timed_steps * config.batch_size / (wall - first_step_s)
-                           if timed_steps > 0 else None),
+        "eval_time_s": eval_s,
+        # Training steps after the first, without evaluation (logging included).
+        "steps_per_s": timed_steps / train_s if timed_steps > 0 else None,
+        "examples_per_s": timed_steps * config.batch_size / train_s if timed_steps > 0 else None,
     }

@@ -24,7 +24,8 @@ def test_train_writes_a_run_and_skips_it_when_finished(tmp_path):
     first = _bnlab(*args)
     assert first.returncode == 0, first.stderr
     (run_dir,) = (workdir / "runs").iterdir()
-    assert run_dir.name.startswith("norm=gn,train_size=256,num_steps=6,log_every=3,batch_size=16-")
+    assert run_dir.name.startswith(
+        "norm=gn,train_size=256,num_steps=6,log_every=3,batch_size=16-sgd16-nb1-")
     lines = first.stdout.strip().splitlines()
     assert lines[0] == f"run {run_dir}"
     summary = json.loads(lines[-1])

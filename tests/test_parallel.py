@@ -163,8 +163,29 @@ def test_local_sync_with_per_device_batch_two_on_fashion_mnist(small_config, tmp
     assert summary["status"] == "done"
     assert summary["sgd_batch_size"] == 16 and summary["norm_batch_size"] == 2
     assert summary["values_per_statistic"] == 2 * 14 * 14 and summary["num_devices"] == 8
-    hparams = tracking.read_json(tmp_path / "summary.json")
-    assert hparams["norm_batch_size"] == 2
+    assert tracking.read_json(tmp_path / "summary.json")["norm_batch_size"] == 2
+
+
+def test_ghost_batches_inside_each_device(tmp_path):
+    images, labels = _batch(2)
+    reference = _forward_backward(parallel.Layout(), {"virtual_batch_size": 2}, images, labels)
+    result = _forward_backward(parallel.Layout("shard_map", DEVICES, 1),
+                               {"virtual_batch_size": 2}, images, labels)
+    _assert_same(result, reference)
+
+
+def test_the_cli_names_runs_by_both_batch_sizes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bnlab", "train", "--config.parallel=shard_map",
+         "--config.bn_sync=2", "--config.batch_size=32", "--config.virtual_batch_size=2",
+         "--config.num_steps=2", "--config.train_size=64", f"--workdir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    # Ghost batches of 2 in each device, pooled over groups of 2 devices: 4 examples.
+    assert "-sgd32-nb4-" in run_dir.name
+    summary = tracking.read_json(run_dir / "summary.json")
+    assert summary["norm_batch_size"] == 4 and summary["sgd_batch_size"] == 32
 
 
 def _mlp_forward(params, images, stats=None, eps=1e-5):

@@ -66,9 +66,10 @@ def test_read_metrics_skips_a_torn_last_line(tmp_path):
 def test_run_id_is_readable_and_deterministic():
     flat = {"norm": "gn", "batch_size": 8, "seed": 0, "data_dir": None}
     varied = ["norm", "batch_size"]
-    a = tracking.run_id(flat, varied)
-    assert a.startswith("norm=gn,batch_size=8-") and a == tracking.run_id(dict(flat), varied)
-    assert a != tracking.run_id({**flat, "seed": 1}, varied)
+    a = tracking.run_id(flat, varied, 8, 1)
+    assert a.startswith("norm=gn,batch_size=8-sgd8-nb1-")
+    assert a == tracking.run_id(dict(flat), varied, 8, 1)
+    assert a != tracking.run_id({**flat, "seed": 1}, varied, 8, 1)
 
 
 def test_a_killed_run_leaves_no_summary(tmp_path):
