@@ -7,8 +7,11 @@ on stderr, nothing written), 1 a crash, 130 interrupted.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,10 @@ USAGE = """usage: python -m bnlab <command> [flags]
 commands:
   train   one run: --config FILE [--config.FIELD=VALUE ...] --workdir DIR
           writes DIR/runs/RUN_ID/ (config, status, metrics, summary, env, TensorBoard)
+  sweep   a grid of runs: FILE --workdir DIR [--jobs N] [--dry_run] [--only REGEX]
+          [--limit N] [--config.FIELD=VALUE ...]; FILE has get_config() and get_sweep();
+          a relaunch skips finished runs and restarts interrupted ones
+  ls      the status table of a tracking directory: ls DIR
 
 `python -m bnlab train --help` lists a command's flags."""
 
@@ -28,16 +35,20 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
 
 
-def _parse_config_flags(argv: list[str]):
-    """absl flags for a command that takes a config: returns (config, overrides, flags)."""
+def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
+                        define_extra=None):
+    """absl flags for a command that takes a config: returns (config, overrides, flags).
+    `define_extra(flags, flag_values)` adds the command's own flags."""
     from absl import flags
     from ml_collections import config_flags
 
     flag_values = flags.FlagValues()
+    if define_extra:
+        define_extra(flags, flag_values)
     try:
         # config_flags loads the file and reads the overrides already while defining.
         config_flags.DEFINE_config_file(
-            "config", str(DEFAULT_CONFIG), "config file with get_config()",
+            "config", str(default_config), "config file with get_config()",
             flag_values=flag_values, lock_config=True, sys_argv=argv)
         flags.DEFINE_string("workdir", None, "tracking directory", flag_values=flag_values)
         rest = flag_values(argv)
@@ -65,14 +76,11 @@ def train_command(argv: list[str]) -> int:
     if not flag_values.workdir:
         raise UsageError("--workdir is required: the tracking directory to write the run to")
 
-    from bnlab import config as config_lib
     from bnlab import tracking, train
 
+    _enable_compilation_cache()
     prepared = train.prepare(config)  # every check, before the first write or compile
-    varied = [key for key in overrides if key not in config_lib.LAUNCH_FIELDS]
-    run_dir = Path(flag_values.workdir) / "runs" / tracking.run_id(
-        config_lib.identity(config), varied, prepared.facts["sgd_batch_size"],
-        prepared.facts["norm_batch_size"])
+    run_dir = Path(flag_values.workdir) / "runs" / train.run_name(config, overrides)
     if (run_dir / "summary.json").is_file():
         print(f"{run_dir}: finished before, not run again (remove the folder to rerun)")
         _print_summary(tracking.read_json(run_dir / "summary.json"))
@@ -89,7 +97,108 @@ def _print_summary(summary: dict) -> None:
     print(json.dumps({k: summary.get(k) for k in keys if summary.get(k) is not None}))
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command}
+def _enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache, on by default: a relaunched sweep or a
+    rerun loads its compiled steps instead of compiling them again."""
+    import jax
+
+    folder = os.environ.get("BNLAB_CACHE_DIR") or Path.home() / ".cache" / "bnlab" / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+
+
+def sweep_command(argv: list[str]) -> int:
+    positional = [a for a in argv[1:] if not a.startswith("-")]
+    if not positional:
+        raise UsageError("usage: python -m bnlab sweep FILE --workdir DIR [flags]")
+    sweep_file = Path(positional[0])
+
+    def define(flags, flag_values):
+        flags.DEFINE_bool("dry_run", False, "list the runs, write nothing",
+                          flag_values=flag_values)
+        flags.DEFINE_integer("jobs", 1, "parallel worker processes", lower_bound=1,
+                             flag_values=flag_values)
+        flags.DEFINE_string("only", None, "regular expression on run ids",
+                            flag_values=flag_values)
+        flags.DEFINE_integer("limit", None, "at most this many runs", lower_bound=1,
+                             flag_values=flag_values)
+
+    rest = [a for a in argv if a != positional[0]]
+    config, overrides, flag_values = _parse_config_flags(rest, sweep_file, define)
+    if not sweep_file.is_file():
+        raise UsageError(f"no sweep file {sweep_file}")
+    from bnlab import config as config_lib
+    from bnlab import sweep
+
+    module = sweep.load_sweep_file(sweep_file)
+    override_values = {key: config[key] for key in overrides}
+    runs = sweep.select(sweep.plan(module.get_config(), module.get_sweep(), override_values),
+                        flag_values.only, flag_values.limit)
+    if not runs:
+        raise UsageError("no runs selected")
+    if flag_values.dry_run:
+        for run in runs:
+            print(run.run_id)
+        print(f"{len(runs)} runs")
+        return 0
+    if not flag_values.workdir:
+        raise UsageError("--workdir is required: the tracking directory of the sweep")
+    workdir = Path(flag_values.workdir)
+    finished = sum((workdir / "runs" / r.run_id / "summary.json").is_file() for r in runs)
+    launch = sweep.write_plan(workdir, runs, {
+        "sweep_file": str(sweep_file.resolve()),
+        "base_config": config_lib.flatten(module.get_config()),
+        "grid": module.get_sweep(), "overrides": override_values,
+        "launch": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
+                   "jobs": flag_values.jobs, "host": socket.gethostname()}})
+    print(f"sweep {workdir}: {len(runs)} runs, {finished} finished before; launch {launch}",
+          flush=True)
+    _enable_compilation_cache()
+    compiles = sweep.run_local(workdir, launch, flag_values.jobs)
+    counts = sweep.statuses(workdir, [r.run_id for r in runs])
+    print(json.dumps({**counts, "train_step_compilations": compiles.get("train_step", 0)}))
+    return 1 if counts["failed"] else 0
+
+
+def worker_command(argv: list[str]) -> int:
+    """Internal: one local worker of a sweep launch (started by `sweep --jobs N`)."""
+    from bnlab import sweep
+
+    if len(argv) != 3:
+        raise UsageError("usage: python -m bnlab _worker WORKDIR LAUNCH_ID")
+    _enable_compilation_cache()
+    print(json.dumps(sweep.work(argv[1], argv[2])), flush=True)
+    return 0
+
+
+def ls_command(argv: list[str]) -> int:
+    """The status table of a tracking directory."""
+    from bnlab import sweep, tracking
+
+    if len(argv) != 2:
+        raise UsageError("usage: python -m bnlab ls DIR")
+    folder = Path(argv[1])
+    run_dirs = sorted(p.parent for p in folder.glob("**/status.json"))
+    if not run_dirs:
+        raise UsageError(f"no runs under {folder}")
+    columns = ("run", "status", "step", "test_acc", "sgd", "nb", "wall_s")
+    rows = []
+    for run_dir in run_dirs:
+        summary_path = run_dir / "summary.json"
+        summary = tracking.read_json(summary_path) if summary_path.is_file() else {}
+        accuracy = summary.get("test_accuracy")
+        rows.append((str(run_dir.relative_to(folder)), sweep.run_state(run_dir),
+                     summary.get("step", ""), "" if accuracy is None else f"{accuracy:.4f}",
+                     summary.get("sgd_batch_size", ""), summary.get("norm_batch_size", ""),
+                     "" if "wall_time_s" not in summary else f"{summary['wall_time_s']:.1f}"))
+    widths = [max(len(str(x)) for x in column) for column in zip(columns, *rows, strict=True)]
+    for row in (columns, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": train_command, "sweep": sweep_command, "ls": ls_command,
+    "_worker": worker_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if len(argv) >= 2 else 2
     command = argv[1]
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}",
+        public = [c for c in COMMANDS if not c.startswith("_")]
+        print(f"error: unknown command {command!r}; commands: {', '.join(public)}",
               file=sys.stderr)
         return 2
     try:

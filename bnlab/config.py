@@ -25,15 +25,20 @@ class ConfigError(ValueError):
         super().__init__(f"config.{field}={value!r}: {allowed}")
 
 
-def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """Calls `get_config()` of a config file, as absl's config_flags does."""
+def load_module(path: str | Path):
+    """Imports a config or sweep file by path."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("file", str(path), "no such config file")
+        raise ConfigError("file", str(path), "no such file")
     spec = importlib.util.spec_from_file_location(f"bnlab_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """Calls `get_config()` of a config file, as absl's config_flags does."""
+    return load_module(path).get_config()
 
 
 def _require(config, field: str, ok: bool, allowed: str) -> None:

@@ -97,17 +97,32 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     spec = OptimizerSpec(config.optimizer, config.momentum, config.nesterov, config.schedule,
                          total_steps, config.warmup_steps, tuple(config.step_boundaries),
                          config.step_decay, config.decay_norm_params)
-    is_bn = config.norm == "bn"
     # BN layers pool sync_size devices' statistics; other norms are per example.
-    per_stat = [layer["values_per_statistic"] * (layout.sync_size if is_bn else 1)
+    per_stat = [layer["values_per_statistic"] * (layout.sync_size if config.norm == "bn" else 1)
                 for layer in norm_layers]
-    facts = {"sgd_batch_size": config.batch_size,
-             "norm_batch_size": parallel.norm_batch_size(config, layout) if is_bn else 1,
+    facts = {**batch_sizes(config, layout),
              "values_per_statistic": min(per_stat) if per_stat else None,
              "num_devices": layout.num_devices, "total_steps": total_steps,
              "train_examples": len(train_set)}
     return Prepared(config, train_set, test_set, model, spec, layout, total_steps,
                     norm_layers, facts)
+
+
+def batch_sizes(config: ml_collections.ConfigDict,
+                layout: parallel.Layout | None = None) -> dict[str, int]:
+    """The SGD batch and the normalization batch (1 for per-example norms), from
+    the config alone: cheap enough to name runs before any data is loaded."""
+    layout = layout or parallel.layout_from_config(config)
+    norm_batch = parallel.norm_batch_size(config, layout) if config.norm == "bn" else 1
+    return {"sgd_batch_size": config.batch_size, "norm_batch_size": norm_batch}
+
+
+def run_name(config: ml_collections.ConfigDict, varied: list[str]) -> str:
+    """The run's directory name: the varied fields, both batch sizes, a config hash."""
+    sizes = batch_sizes(config)
+    return tracking.run_id(config_lib.identity(config),
+                           [k for k in varied if k not in config_lib.LAUNCH_FIELDS],
+                           sizes["sgd_batch_size"], sizes["norm_batch_size"])
 
 
 # ---------------------------------------------------------------- optimizer

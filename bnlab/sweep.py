@@ -1,0 +1,335 @@
+"""Sweeps: a base config and a grid of overrides, run by workers that claim runs
+from the tracking directory (DESIGN.md §4, §7).
+
+A sweep file defines `get_config()` (the base) and `get_sweep()` (a list of
+override dicts, built with `axis`, `product`, `zipped` and `chain`). Launching
+writes every run's directory with status `pending`; workers (local processes now,
+Slurm array tasks alike) walk the runs in order and claim each by creating
+`claim.json` exclusively, so two workers never run the same run. A finished run
+(one with summary.json) is never run again; a claim whose owner died (same host,
+pid gone) or stopped beating is taken over, and the run restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from bnlab import config as config_lib
+from bnlab import tracking
+
+# A claim whose file has not been touched for this long belongs to a dead worker
+# (on another host, where its pid cannot be checked). Workers touch it every 20 s.
+STALE_AFTER_S = 600.0
+HEARTBEAT_S = 20.0
+
+
+# ---------------------------------------------------------------- grids
+
+def axis(field: str, values: Iterable[Any]) -> list[dict[str, Any]]:
+    """One field over values: `axis("norm", ["bn", "gn"])`."""
+    return [{field: value} for value in values]
+
+
+def product(*axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every combination of the axes, the last one varying fastest."""
+    return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+            for combo in itertools.product(*axes)]
+
+
+def zipped(**fields: Iterable[Any]) -> list[dict[str, Any]]:
+    """Fields that vary together: `zipped(batch_size=[8, 16], learning_rate=[0.1, 0.2])`."""
+    columns = {k: list(v) for k, v in fields.items()}
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        sizes = {k: len(v) for k, v in columns.items()}
+        raise ValueError(f"zipped fields differ in length: {sizes}")
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def chain(*grids: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One grid after another."""
+    return [d for grid in grids for d in grid]
+
+
+# ---------------------------------------------------------------- planning
+
+@dataclasses.dataclass
+class Run:
+    run_id: str
+    config: ml_collections.ConfigDict
+    overrides: dict[str, Any]
+
+
+def load_sweep_file(path: str | Path):
+    """The module of a sweep file; it must define get_config() and get_sweep()."""
+    module = config_lib.load_module(path)
+    for name in ("get_config", "get_sweep"):
+        if not hasattr(module, name):
+            raise config_lib.ConfigError("file", str(path), f"a sweep file needs {name}()")
+    return module
+
+
+def plan(base: ml_collections.ConfigDict, grid: list[dict[str, Any]],
+         overrides: dict[str, Any] | None = None) -> list[Run]:
+    """The runs of a grid on a base config. `overrides` (from the command line)
+    apply to every run after the grid, so they win; the run id names the grid's
+    fields. Every run is validated here, before anything is written."""
+    from bnlab import train
+
+    overrides = overrides or {}
+    varied = list(dict.fromkeys(key for point in grid for key in point))
+    runs, seen = [], {}
+    for point in grid:
+        config = ml_collections.ConfigDict(base.to_dict())
+        for key, value in {**point, **overrides}.items():
+            if key not in config:
+                raise config_lib.ConfigError(key, value, "no such config field")
+            config[key] = value
+        config_lib.validate(config)
+        run_id = train.run_name(config, varied)
+        if run_id in seen:
+            continue  # the same resolved config twice: one run
+        seen[run_id] = True
+        runs.append(Run(run_id, config, point))
+    return runs
+
+
+def select(runs: list[Run], only: str | None = None, limit: int | None = None) -> list[Run]:
+    """`only`: a regular expression on run ids; `limit`: the first n of those."""
+    if only:
+        pattern = re.compile(only)
+        runs = [r for r in runs if pattern.search(r.run_id)]
+    return runs[:limit] if limit else runs
+
+
+def write_plan(workdir: Path, runs: list[Run], meta: dict[str, Any]) -> str:
+    """Writes sweep.json (appending this launch to its history), a pending
+    directory for each new run, and the launch's run list; returns the launch id."""
+    (workdir / "runs").mkdir(parents=True, exist_ok=True)
+    (workdir / "launches").mkdir(exist_ok=True)
+    sweep_path = workdir / "sweep.json"
+    sweep = tracking.read_json(sweep_path) if sweep_path.is_file() else {"launches": []}
+    launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    sweep.update({k: v for k, v in meta.items() if k != "launch"})
+    sweep["launches"].append({"id": launch_id, **meta.get("launch", {}), "runs": len(runs)})
+    tracking.write_json_atomic(sweep_path, sweep)
+    for run in runs:
+        run_dir = workdir / "runs" / run.run_id
+        if not (run_dir / "config.json").is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tracking.write_json_atomic(run_dir / "config.json", config_lib.flatten(run.config))
+            tracking.write_json_atomic(run_dir / "status.json", {"status": "pending"})
+    tracking.write_json_atomic(workdir / "launches" / f"{launch_id}.json",
+                               {"runs": [r.run_id for r in runs]})
+    return launch_id
+
+
+# ---------------------------------------------------------------- claims
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_is_stale(claim: Path) -> bool:
+    try:
+        owner = tracking.read_json(claim)
+        age = time.time() - claim.stat().st_mtime
+    except (OSError, json.JSONDecodeError):
+        return False  # being written or just released: not ours to judge
+    if owner.get("host") == socket.gethostname():
+        return not pid_alive(int(owner.get("pid", -1)))
+    return age > STALE_AFTER_S
+
+
+def try_claim(run_dir: Path, launch_id: str) -> bool:
+    """Claims a run for this process: True if it is ours to run now."""
+    if (run_dir / "summary.json").is_file():
+        return False
+    claim = run_dir / "claim.json"
+    if claim.exists():
+        if not claim_is_stale(claim):
+            return False
+        try:  # one taker wins the rename; the others find no file to move
+            os.rename(claim, run_dir / f".claim.stale.{os.getpid()}")
+        except FileNotFoundError:
+            return False
+        (run_dir / f".claim.stale.{os.getpid()}").unlink(missing_ok=True)
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "launch": launch_id,
+                   "time": time.time()}, f)
+    if (run_dir / "summary.json").is_file():  # finished between our look and our claim
+        claim.unlink(missing_ok=True)
+        return False
+    return True
+
+
+class _Heartbeat:
+    """Touches the claim file while a run trains, so others see its owner alive."""
+
+    def __init__(self, claim: Path):
+        self.claim, self.stop = claim, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.claim)
+            except OSError:
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
+def _log_event(workdir: Path, **event: Any) -> None:
+    """One line per start and end of a run in events.jsonl: who ran what, when.
+    Short O_APPEND writes land whole, so concurrent workers do not interleave."""
+    line = json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                       **event}) + "\n"
+    fd = os.open(workdir / "events.jsonl", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- workers
+
+def config_from_dir(run_dir: Path) -> ml_collections.ConfigDict:
+    flat = tracking.read_json(run_dir / "config.json")
+    return ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in flat.items()})
+
+
+def work(workdir: str | Path, launch_id: str, progress: bool = False) -> dict[str, int]:
+    """Runs every run of a launch that nobody else has claimed or finished; returns
+    how often this worker traced its train step (its compilations)."""
+    from tqdm.auto import tqdm
+
+    from bnlab import train
+
+    workdir = Path(workdir)
+    run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
+    before = dict(train.TRACE_COUNTS)
+    for run_id in tqdm(run_ids, unit="run", disable=None if progress else True):
+        run_dir = workdir / "runs" / run_id
+        status = tracking.read_json(run_dir / "status.json")
+        if status.get("status") == "failed" and status.get("launch") == launch_id:
+            continue  # failed in this launch already: a relaunch retries it
+        if not try_claim(run_dir, launch_id):
+            continue
+        _log_event(workdir, event="start", run=run_id, launch=launch_id)
+        outcome = "failed"
+        try:
+            with _Heartbeat(run_dir / "claim.json"):
+                summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir))
+            outcome = summary["status"]
+        except Exception as error:  # a failed run is recorded; the sweep goes on
+            status = tracking.read_json(run_dir / "status.json")
+            status.update(launch=launch_id, error=status.get("error") or repr(error))
+            tracking.write_json_atomic(run_dir / "status.json", status)
+        finally:
+            _log_event(workdir, event="end", run=run_id, launch=launch_id, outcome=outcome)
+            (run_dir / "claim.json").unlink(missing_ok=True)
+    return {k: train.TRACE_COUNTS[k] - before[k] for k in before}
+
+
+def run_state(run_dir: Path) -> str:
+    """What a run is now: done or diverged (it has a summary), failed, pending,
+    running (a live owner), or interrupted (said running, but its owner is gone)."""
+    summary = run_dir / "summary.json"
+    try:
+        if summary.is_file():
+            return tracking.read_json(summary)["status"]
+        status = tracking.read_json(run_dir / "status.json")
+    except (OSError, json.JSONDecodeError, KeyError):
+        return "pending"
+    state = status.get("status", "pending")
+    if state != "running":
+        return state
+    claim = run_dir / "claim.json"
+    if claim.exists():
+        return "interrupted" if claim_is_stale(claim) else "running"
+    if status.get("host") == socket.gethostname() and pid_alive(int(status.get("pid", -1))):
+        return "running"  # a `bnlab train` run, not a sweep's
+    return "interrupted"
+
+
+def statuses(workdir: Path, run_ids: list[str]) -> dict[str, int]:
+    """Counts of each `run_state` among the runs."""
+    counts = dict.fromkeys(("done", "running", "diverged", "failed", "pending",
+                            "interrupted"), 0)
+    for run_id in run_ids:
+        state = run_state(workdir / "runs" / run_id)
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker process ends when the sweep process that started it ends."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | None = None,
+              progress: bool = True) -> dict[str, int]:
+    """Runs a launch with `jobs` worker processes on this machine; returns the summed
+    compile counts. jobs=1 works in this process (compiled steps are shared)."""
+    from tqdm.auto import tqdm
+
+    run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
+    if jobs == 1:
+        return work(workdir, launch_id, progress)
+    command = [sys.executable, "-m", "bnlab", "_worker", str(workdir), launch_id]
+    workers = [subprocess.Popen(command, env={**os.environ, **(env or {})},
+                                stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+               for _ in range(jobs)]
+    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
+    try:
+        while any(w.poll() is None for w in workers):
+            counts = statuses(workdir, run_ids)
+            bar.n = counts["done"] + counts["diverged"] + counts["failed"]
+            bar.set_postfix(counts, refresh=True)
+            time.sleep(1.0)
+    finally:
+        bar.close()
+    totals: dict[str, int] = {}
+    for worker in workers:
+        out = worker.stdout.read() if worker.stdout else ""
+        for line in out.splitlines():
+            if line.startswith("{"):
+                for key, value in json.loads(line).items():
+                    totals[key] = totals.get(key, 0) + value
+    return totals
