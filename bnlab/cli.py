@@ -24,7 +24,8 @@ commands:
   train   one run: --config FILE [--config.FIELD=VALUE ...] --workdir DIR
           writes DIR/runs/RUN_ID/ (config, status, metrics, summary, env, TensorBoard)
   sweep   a grid of runs: FILE --workdir DIR [--jobs N] [--dry_run] [--only REGEX]
-          [--limit N] [--config.FIELD=VALUE ...]; FILE has get_config() and get_sweep();
+          [--limit N] [--executor local|slurm] [--slurm_partition P --slurm_gpus G ...]
+          [--config.FIELD=VALUE ...]; FILE has get_config() and get_sweep();
           a relaunch skips finished runs and restarts interrupted ones
   ls      the status table of a tracking directory: ls DIR
 
@@ -121,6 +122,18 @@ def sweep_command(argv: list[str]) -> int:
                             flag_values=flag_values)
         flags.DEFINE_integer("limit", None, "at most this many runs", lower_bound=1,
                              flag_values=flag_values)
+        flags.DEFINE_enum("executor", "local", ["local", "slurm"],
+                          "local worker processes, or a Slurm job array (submitit)",
+                          flag_values=flag_values)
+        flags.DEFINE_string("slurm_partition", None, "Slurm partition", flag_values=flag_values)
+        flags.DEFINE_integer("slurm_time_min", 1440, "time limit of each Slurm worker",
+                             flag_values=flag_values)
+        flags.DEFINE_integer("slurm_gpus", 0, "GPUs per Slurm worker", flag_values=flag_values)
+        flags.DEFINE_integer("slurm_cpus", 2, "CPUs per Slurm worker", flag_values=flag_values)
+        flags.DEFINE_float("slurm_mem_gb", None, "memory per Slurm worker",
+                           flag_values=flag_values)
+        flags.DEFINE_bool("wait", True, "follow the Slurm workers until they end",
+                          flag_values=flag_values)
 
     rest = [a for a in argv if a != positional[0]]
     config, overrides, flag_values = _parse_config_flags(rest, sweep_file, define)
@@ -153,7 +166,15 @@ def sweep_command(argv: list[str]) -> int:
     print(f"sweep {workdir}: {len(runs)} runs, {finished} finished before; launch {launch}",
           flush=True)
     _enable_compilation_cache()
-    compiles = sweep.run_local(workdir, launch, flag_values.jobs)
+    if flag_values.executor == "slurm":
+        compiles = sweep.run_slurm(workdir, launch, flag_values.jobs, {
+            "partition": flag_values.slurm_partition, "time_min": flag_values.slurm_time_min,
+            "gpus": flag_values.slurm_gpus, "cpus": flag_values.slurm_cpus,
+            "mem_gb": flag_values.slurm_mem_gb}, wait=flag_values.wait)
+        if not flag_values.wait:
+            return 0
+    else:
+        compiles = sweep.run_local(workdir, launch, flag_values.jobs)
     counts = sweep.statuses(workdir, [r.run_id for r in runs])
     print(json.dumps({**counts, "train_step_compilations": compiles.get("train_step", 0)}))
     return 1 if counts["failed"] else 0

@@ -17,6 +17,7 @@ import ctypes
 import dataclasses
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -245,7 +246,7 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False) -> dict[st
     before = dict(train.TRACE_COUNTS)
     for run_id in tqdm(run_ids, unit="run", disable=None if progress else True):
         run_dir = workdir / "runs" / run_id
-        status = tracking.read_json(run_dir / "status.json")
+        status = _read_status(run_dir)
         if status.get("status") == "failed" and status.get("launch") == launch_id:
             continue  # failed in this launch already: a relaunch retries it
         if not try_claim(run_dir, launch_id):
@@ -257,7 +258,7 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False) -> dict[st
                 summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir))
             outcome = summary["status"]
         except Exception as error:  # a failed run is recorded; the sweep goes on
-            status = tracking.read_json(run_dir / "status.json")
+            status = _read_status(run_dir)
             status.update(launch=launch_id, error=status.get("error") or repr(error))
             tracking.write_json_atomic(run_dir / "status.json", status)
         finally:
@@ -266,16 +267,22 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False) -> dict[st
     return {k: train.TRACE_COUNTS[k] - before[k] for k in before}
 
 
+def _read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json, or {} when it is not there (yet): never a reason to crash."""
+    try:
+        return tracking.read_json(run_dir / "status.json")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def run_state(run_dir: Path) -> str:
     """What a run is now: done or diverged (it has a summary), failed, pending,
     running (a live owner), or interrupted (said running, but its owner is gone)."""
     summary = run_dir / "summary.json"
-    try:
-        if summary.is_file():
+    if summary.is_file():
+        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
             return tracking.read_json(summary)["status"]
-        status = tracking.read_json(run_dir / "status.json")
-    except (OSError, json.JSONDecodeError, KeyError):
-        return "pending"
+    status = _read_status(run_dir)
     state = status.get("status", "pending")
     if state != "running":
         return state
@@ -332,4 +339,54 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
             if line.startswith("{"):
                 for key, value in json.loads(line).items():
                     totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def run_slurm(workdir: Path, launch_id: str, jobs: int, slurm: dict[str, Any],
+              wait: bool = True, progress: bool = True) -> dict[str, int]:
+    """Submits `jobs` workers as one Slurm job array (submitit); each claims runs
+    from the shared tracking directory like a local worker. Logs go to
+    WORKDIR/slurm/. With `wait`, follows the runs and returns the compile counts."""
+    import submitit
+    from tqdm.auto import tqdm
+
+    # Without Slurm's accounting daemon sacct fails and submitit warns on every
+    # poll; the job states still come back (from squeue), so that warning is noise.
+    logging.getLogger("submitit").addFilter(
+        lambda record: "Bypassing sacct error" not in record.getMessage())
+    root = Path(__file__).resolve().parent.parent
+    executor = submitit.AutoExecutor(folder=str(workdir / "slurm" / "%j"), cluster="slurm")
+    parameters = {"name": f"bnlab-{launch_id}", "timeout_min": slurm.get("time_min", 1440),
+                  "cpus_per_task": slurm.get("cpus", 2), "slurm_array_parallelism": jobs,
+                  # Jobs import bnlab from this checkout, wherever they start.
+                  "slurm_setup": [f"export PYTHONPATH={root}:${{PYTHONPATH:-}}"]}
+    if slurm.get("gpus"):
+        parameters["gpus_per_node"] = slurm["gpus"]
+    if slurm.get("mem_gb"):
+        parameters["mem_gb"] = slurm["mem_gb"]
+    if slurm.get("partition"):
+        parameters["slurm_partition"] = slurm["partition"]
+    executor.update_parameters(**parameters)
+    array = executor.map_array(work, [str(workdir)] * jobs, [launch_id] * jobs)
+    print(f"submitted Slurm array {array[0].job_id.split('_')[0]} ({jobs} workers); "
+          f"logs in {workdir / 'slurm'}", flush=True)
+    if not wait:
+        return {}
+    run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
+    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
+    try:
+        while not all(job.done() for job in array):
+            counts = statuses(workdir, run_ids)
+            bar.n = counts["done"] + counts["diverged"] + counts["failed"]
+            bar.set_postfix(counts, refresh=True)
+            time.sleep(2.0)
+    finally:
+        bar.close()
+    totals: dict[str, int] = {}
+    for job in array:
+        try:
+            for key, value in job.result().items():
+                totals[key] = totals.get(key, 0) + value
+        except Exception as error:  # a lost worker: its runs are left for a relaunch
+            print(f"Slurm worker {job.job_id} failed: {str(error).splitlines()[0][:300]}")
     return totals

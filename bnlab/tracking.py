@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("pending", "running", "done", "diverged", "failed")
-RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "summary.json", "env.json")
 
 
 def _now() -> str:
@@ -135,11 +134,12 @@ class RunWriter:
 
     def start(self, config: dict[str, Any], hparams: dict[str, Any]) -> None:
         """Clears what an earlier unfinished attempt left, then writes config, env,
-        status 'running' and the HParams."""
+        status 'running' and the HParams. config/env/status are replaced atomically,
+        never deleted: other workers read status.json at any moment."""
         if not self.active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
+        for name in ("summary.json", "metrics.jsonl"):
             (self.run_dir / name).unlink(missing_ok=True)
         for old in self.run_dir.glob("events.out.tfevents.*"):
             old.unlink()

@@ -11,5 +11,10 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
 fi
 # The tfds extra too, so the optional dataset path is tested, not skipped.
 python3 -m pip install -q -r requirements-dev.txt -r requirements-tfds.txt
+# A real one-node Slurm for the Slurm executor's test (needs root: CI is root).
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/start_local_slurm.sh
+  export BNLAB_REQUIRE_SLURM=1
+fi
 python3 -m ruff check .
 python3 -m pytest -q "$@"
