@@ -76,8 +76,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "must be in [0, 1): running = momentum * running + (1 - momentum) * batch")
     _require(config, "norm_epsilon", config.norm_epsilon > 0, "must be > 0")
     _require(config, "warmup_steps", config.warmup_steps >= 0, "must be >= 0")
-    if config.train_size is not None:
-        _positive_int(config, "train_size")
+    for field in ("train_size", "test_size"):
+        if config.get(field) is not None:
+            _positive_int(config, field)
     if config.eval_every is not None:
         _positive_int(config, "eval_every")
     modes = [m.strip() for m in str(config.bn_eval).split(",")]

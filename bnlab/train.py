@@ -76,6 +76,9 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
         options.update(config.get("synthetic", {}))
     train_set = data.load(config.dataset, "train", train_size=config.train_size, **options)
     test_set = data.load(config.dataset, "test", **options)
+    if config.get("test_size") is not None:
+        test_set = dataclasses.replace(test_set, images=test_set.images[:config.test_size],
+                                       labels=test_set.labels[:config.test_size])
     if len(train_set) < config.batch_size:
         raise config_lib.ConfigError("batch_size", config.batch_size,
                                      f"larger than the {len(train_set)} training examples")

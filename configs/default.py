@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "fashion_mnist"
     config.data_dir = placeholder(str)
     config.train_size = placeholder(int)  # a fixed subset of the train split
+    config.test_size = placeholder(int)  # evaluate on the first n test examples (all: unset)
     config.augment = False  # random crop (pad 4) + horizontal flip
 
     # Model: simple_cnn (the article's), resnet20, plain_cnn, mlp.

@@ -16,9 +16,11 @@ from bnlab.config import load_config_file  # noqa: E402
 
 @pytest.fixture
 def small_config():
-    """The default config, shrunk: 20 steps of batch 32 on 1,024 real Fashion-MNIST images."""
+    """The default config, shrunk: 20 steps of batch 32 on 1,024 real Fashion-MNIST
+    images, evaluated on the first 2,000 test images."""
     config = load_config_file(ROOT / "configs" / "default.py")
     config.train_size = 1024
+    config.test_size = 2000
     config.batch_size = 32
     config.num_steps = 20
     config.log_every = 5

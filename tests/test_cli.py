@@ -47,6 +47,7 @@ BAD_INPUT = [
     (["--config.learning_rate=-1"], "config.learning_rate=-1.0: must be > 0"),
     (["--config.optimizer=lamb"], "config.optimizer='lamb'"),
     (["--config.batch_size=100000"], "config.batch_size=100000: larger than"),
+    (["--config.test_size=0"], "config.test_size=0: must be a positive integer"),
     (["--config.nrom=gn"], "unknown config field 'nrom'; did you mean 'norm'?"),
     (["--config.batch_size=abc"], "config.batch_size"),
 ]

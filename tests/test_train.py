@@ -21,6 +21,8 @@ def test_a_real_run_learns_fashion_mnist(small_config, tmp_path):
     assert summary["status"] == "done" and summary["step"] == 60
     # 10 classes: chance is 0.1. 60 SGD steps of the BN SimpleCNN get far past it.
     assert summary["test_accuracy"] > 0.6, summary
+    correct = summary["test_accuracy"] * 2000  # evaluated on config.test_size examples
+    assert abs(correct - round(correct)) < 1e-6
     assert summary["sgd_batch_size"] == 32 and summary["norm_batch_size"] == 32
     # Smallest normalized layer: conv2's 14×14 map over 32 examples.
     assert summary["values_per_statistic"] == 32 * 14 * 14
