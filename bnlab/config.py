@@ -81,6 +81,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _positive_int(config, field)
     if config.eval_every is not None:
         _positive_int(config, "eval_every")
+    if config.get("checkpoint_every") is not None:
+        _positive_int(config, "checkpoint_every")
+        _require(config, "checkpoint_every", config.checkpoint_every % config.log_every == 0,
+                 f"must be a multiple of config.log_every={config.log_every}")
     modes = [m.strip() for m in str(config.bn_eval).split(",")]
     _require(config, "bn_eval", bool(modes) and set(modes) <= {"ema", "precise", "batch"},
              "a comma list of: ema, precise, batch")

@@ -167,6 +167,9 @@ def layout_from_config(config) -> Layout:
         raise ConfigError("parallel", config.parallel, f"allowed: {', '.join(MODES)}")
     if config.parallel == "none":
         return Layout()
+    if jax.process_count() > 1 and config.get("checkpoint_every"):
+        raise ConfigError("checkpoint_every", config.checkpoint_every,
+                          "checkpoints of multi-process runs are not supported yet")
     if jax.process_count() > 1 and config.parallel == "pmap":
         # Here pmap spans this process's devices: its means would skip the others.
         raise ConfigError("parallel", config.parallel,

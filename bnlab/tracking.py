@@ -45,12 +45,17 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
+    """JSON to a temp file, fsync, rename: a reader sees the old file or the new one."""
+    _write_text_atomic(Path(path), json.dumps(jsonable(obj), indent=1, sort_keys=True,
+                                              allow_nan=False))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from others on a shared disk
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(obj), f, indent=1, sort_keys=True, allow_nan=False)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -153,6 +158,31 @@ class RunWriter:
         self._events = _EventWriter(self.run_dir)
         self._events.hparams(hparams, trial_id=self.run_dir.name)
 
+    def resume(self, config: dict[str, Any], hparams: dict[str, Any],
+               step: int) -> list[dict[str, Any]]:
+        """Reopens an interrupted run at its checkpoint `step`: keeps the metrics up
+        to it (returned), drops the rest, and rebuilds the TensorBoard file from them."""
+        if not self.active:
+            return []
+        kept = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r["step"] <= step]
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+        _write_text_atomic(self.run_dir / "metrics.jsonl", text)
+        (self.run_dir / "summary.json").unlink(missing_ok=True)
+        for old in self.run_dir.glob("events.out.tfevents.*"):
+            old.unlink()
+        write_json_atomic(self.run_dir / "config.json", config)
+        write_json_atomic(self.run_dir / "env.json", environment())
+        self._status = {"status": "running", "started": _now(), "host": socket.gethostname(),
+                        "pid": os.getpid(), "resumed_from_step": step}
+        write_json_atomic(self.run_dir / "status.json", self._status)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self._events = _EventWriter(self.run_dir)
+        self._events.hparams(hparams, trial_id=self.run_dir.name)
+        for row in kept:
+            self._events.scalars(row["step"], {k: v for k, v in row.items()
+                                               if k != "step" and isinstance(v, int | float)})
+        return kept
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:
             return
@@ -226,3 +256,49 @@ class _EventWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class Checkpoints:
+    """Orbax checkpoints of a run's train state in RUN_DIR/checkpoint (the latest
+    only); Orbax writes each into a temporary folder and renames it when complete,
+    so a killed save leaves no checkpoint a restore would take."""
+
+    def __init__(self, run_dir: str | Path, active: bool = True):
+        self.directory = Path(run_dir).resolve() / "checkpoint"
+        self.active = active
+        self._manager = None
+
+    def _open(self):
+        if self._manager is None:
+            import orbax.checkpoint as ocp
+
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, enable_async_checkpointing=False))
+        return self._manager
+
+    def latest_step(self) -> int | None:
+        if not self.directory.is_dir():
+            return None
+        return self._open().latest_step()
+
+    def save(self, step: int, host_state: Any) -> None:
+        if self.active:
+            self._open().save(step, args=_orbax_args().StandardSave(host_state))
+            self._open().wait_until_finished()
+
+    def restore(self, step: int, host_target: Any) -> Any:
+        return self._open().restore(step, args=_orbax_args().StandardRestore(host_target))
+
+    def clear(self) -> None:
+        if self.active and self.directory.is_dir():
+            import shutil
+
+            shutil.rmtree(self.directory)
+        self._manager = None
+
+
+def _orbax_args():
+    import orbax.checkpoint as ocp
+
+    return ocp.args

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -319,12 +320,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def run_prepared(run: Prepared, workdir: str) -> dict[str, Any]:
     """`train_and_evaluate` after `prepare`: for callers that report between the two.
-    Only process 0 writes the run directory."""
+    Only process 0 writes the run directory. With `config.checkpoint_every`, a run
+    that was interrupted resumes from its latest checkpoint."""
     flat = config_lib.flatten(run.config)
-    writer = tracking.RunWriter(workdir, active=jax.process_index() == 0)
-    writer.start(flat, {**flat, **run.facts})
+    active = jax.process_index() == 0
+    writer = tracking.RunWriter(workdir, active=active)
+    checkpoints = (tracking.Checkpoints(workdir, active=active)
+                   if run.config.get("checkpoint_every") else None)
+    hparams = {**flat, **run.facts}
+    resume_step = _resumable_step(Path(workdir), run.config, checkpoints)
+    if resume_step:
+        previous = writer.resume(flat, hparams, resume_step)
+    else:
+        if checkpoints:
+            checkpoints.clear()  # from another config, or a run that never logged
+        writer.start(flat, hparams)
+        previous = []
     try:
-        summary = _train(run, writer)
+        summary = _train(run, writer, checkpoints, resume_step or 0, previous)
     except BaseException as error:
         writer.fail(error)
         raise
@@ -333,6 +346,21 @@ def run_prepared(run: Prepared, workdir: str) -> dict[str, Any]:
     writer.finish(status, summary, step=summary["step"],
                   **({"diverged_step": summary["diverged_step"]} if status == "diverged" else {}))
     return {"status": status, **summary}
+
+
+def _resumable_step(run_dir: Path, config, checkpoints) -> int | None:
+    """The checkpoint step to resume from: an unfinished run of the same config."""
+    if checkpoints is None or (run_dir / "summary.json").is_file():
+        return None
+    try:
+        written = tracking.read_json(run_dir / "config.json")
+    except (OSError, ValueError):
+        return None
+    ours = tracking.jsonable(config_lib.identity(config))
+    theirs = {k: v for k, v in written.items() if k not in config_lib.LAUNCH_FIELDS}
+    if ours != theirs:
+        return None
+    return checkpoints.latest_step() or None
 
 
 def _final_bn_evaluations(run: Prepared, steps: Steps, state: TrainState) -> dict[str, float]:
@@ -356,7 +384,8 @@ def _final_bn_evaluations(run: Prepared, steps: Steps, state: TrainState) -> dic
     return out
 
 
-def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
+def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Checkpoints | None,
+           start_step: int, previous: list[dict[str, Any]]) -> dict[str, Any]:
     config, layout = run.config, run.layout
     steps = step_functions(run.model, run.optimizer, layout)
     sample = jnp.zeros((config.batch_size // layout.num_devices,) + run.train_set.image_shape,
@@ -364,25 +393,35 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
     state = steps.init(jax.random.key(config.seed), sample, config.learning_rate,
                        config.weight_decay)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    if start_step:
+        state = checkpoints.restore(start_step, jax.device_get(state))
     state = layout.replicate(state)
     factor = schedule_factor(run.optimizer)
     eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
 
-    batches = data.train_batches(run.train_set, config.batch_size, config.seed, config.augment)
+    # Epoch order depends on (seed, epoch) only: a resumed run sees the same batches.
+    batches = data.train_batches(run.train_set, config.batch_size, config.seed, config.augment,
+                                 start_step=start_step)
     totals = layout.replicate(new_totals())
-    start = time.perf_counter()
+    # The time column goes on from where the interrupted attempt left it.
+    start = time.perf_counter() - (previous[-1].get("time", 0.0) if previous else 0.0)
+    attempt_start = time.perf_counter()
     first_step_s, eval_s = None, 0.0  # eval time is kept out of the speed figures
-    last: dict[str, Any] = {}
-    best_test, steps_to_target, diverged_step = None, None, None
-    progress = tqdm(total=run.total_steps, desc=f"{config.model}/{config.norm}", unit="step",
-                    dynamic_ncols=True, disable=None if jax.process_index() == 0 else True,
-                    leave=False)
+    last: dict[str, Any] = previous[-1] if previous else {}
+    evals = [(r["step"], r["test_accuracy"]) for r in previous if "test_accuracy" in r]
+    best_test = max((acc for _, acc in evals), default=None)
+    steps_to_target = next((s for s, acc in evals if config.target_accuracy
+                            and acc >= config.target_accuracy), None)
+    diverged_step = None
+    progress = tqdm(total=run.total_steps, initial=start_step, unit="step",
+                    desc=f"{config.model}/{config.norm}", dynamic_ncols=True,
+                    disable=None if jax.process_index() == 0 else True, leave=False)
     try:
-        for step in range(1, run.total_steps + 1):
+        for step in range(start_step + 1, run.total_steps + 1):
             state, totals = steps.train(state, totals, *layout.shard(*next(batches)))
             if first_step_s is None:
                 jax.block_until_ready(state.step)
-                first_step_s = time.perf_counter() - start
+                first_step_s = time.perf_counter() - attempt_start
             progress.update()
             is_last = step == run.total_steps
             if step % config.log_every and not is_last:
@@ -411,15 +450,17 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
             eval_s += time.perf_counter() - eval_start
             writer.log(step, row)
             last = row
+            if checkpoints and step % config.checkpoint_every == 0 and not is_last:
+                checkpoints.save(step, layout.fetch(state))
             progress.set_postfix(loss=f"{row['train_loss']:.3f}",
                                  acc=f"{row['train_accuracy']:.3f}",
                                  **({"test": f"{row['test_accuracy']:.3f}"}
                                     if "test_accuracy" in row else {}))
     finally:
         progress.close()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - attempt_start
     steps_done = diverged_step or run.total_steps
-    timed_steps = steps_done - 1
+    timed_steps = steps_done - start_step - 1
     train_s = wall - first_step_s - eval_s
     extra_evals = {k: v for k, v in last.items() if k.endswith(("_precise_bn", "_batch_stats"))}
     return {
@@ -435,7 +476,8 @@ def _train(run: Prepared, writer: tracking.RunWriter) -> dict[str, Any]:
         "target_accuracy": config.target_accuracy,
         "steps_to_target": steps_to_target,
         "num_params": num_params,
-        "wall_time_s": wall,
+        "wall_time_s": wall,  # of this attempt; a resumed run counts from its resume
+        "resumed_from_step": start_step or None,
         "first_step_s": first_step_s,  # includes compilation
         "eval_time_s": eval_s,
         # Training steps after the first, without evaluation (logging included).

@@ -48,6 +48,8 @@ BAD_INPUT = [
     (["--config.optimizer=lamb"], "config.optimizer='lamb'"),
     (["--config.batch_size=100000"], "config.batch_size=100000: larger than"),
     (["--config.test_size=0"], "config.test_size=0: must be a positive integer"),
+    (["--config.checkpoint_every=70"],
+     "config.checkpoint_every=70: must be a multiple of config.log_every=50"),
     (["--config.nrom=gn"], "unknown config field 'nrom'; did you mean 'norm'?"),
     (["--config.batch_size=abc"], "config.batch_size"),
 ]
