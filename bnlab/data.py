@@ -206,26 +206,35 @@ def _train_stats(name: str, data_dir: str | None):
 
 # ---------------------------------------------------------------- batches
 
-def train_batches(dataset: Dataset, batch_size: int, seed: int, augment: bool = False,
-                  start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless shuffled batches, epoch after epoch, dropping each epoch's remainder
-    (every step sees a full batch: one compiled shape, equal BN batches). Epoch e's
-    order depends only on (seed, e), so a run restarted at `start_step` sees the
-    same batches it would have seen."""
-    steps_per_epoch = len(dataset) // batch_size
+def train_batch_indices(num_examples: int, batch_size: int, seed: int,
+                        start_step: int = 0) -> Iterator[np.ndarray]:
+    """Endless shuffled batches of example indices, epoch after epoch, dropping each
+    epoch's remainder (every step sees a full batch: one compiled shape, equal BN
+    batches). Epoch e's order depends only on (seed, e), so a run restarted at
+    `start_step` sees the batches it would have seen."""
+    steps_per_epoch = num_examples // batch_size
     if steps_per_epoch == 0:
         raise ConfigError("batch_size", batch_size,
-                          f"larger than the {len(dataset)} training examples")
+                          f"larger than the {num_examples} training examples")
     epoch, offset = divmod(start_step, steps_per_epoch)
     while True:
-        order = np.random.default_rng((seed, epoch)).permutation(len(dataset))
+        order = np.random.default_rng((seed, epoch)).permutation(num_examples)
         for step in range(offset, steps_per_epoch):
-            index = np.sort(order[step * batch_size:(step + 1) * batch_size])
-            images = dataset.images[index]
-            if augment:
-                images = augment_batch(images, np.random.default_rng((seed, epoch, step)))
-            yield images, dataset.labels[index]
+            yield np.sort(order[step * batch_size:(step + 1) * batch_size])
         epoch, offset = epoch + 1, 0
+
+
+def train_batches(dataset: Dataset, batch_size: int, seed: int, augment: bool = False,
+                  start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The batches of `train_batch_indices` as (images, labels) host arrays."""
+    steps_per_epoch = max(1, len(dataset) // batch_size)
+    indices = train_batch_indices(len(dataset), batch_size, seed, start_step)
+    for step, index in enumerate(indices, start=start_step):
+        images = dataset.images[index]
+        if augment:
+            epoch, within = divmod(step, steps_per_epoch)
+            images = augment_batch(images, np.random.default_rng((seed, epoch, within)))
+        yield images, dataset.labels[index]
 
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
