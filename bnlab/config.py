@@ -81,6 +81,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _positive_int(config, field)
     if config.eval_every is not None:
         _positive_int(config, "eval_every")
+    if config.get("steps_per_call", 1) != 1:
+        _positive_int(config, "steps_per_call")
+        _require(config, "steps_per_call", config.parallel == "none",
+                 "fused steps run on one device (parallel='none') for now")
+        _require(config, "steps_per_call", not config.augment,
+                 "fused steps need augment=False: augmentation runs on the host")
     if config.get("checkpoint_every") is not None:
         _positive_int(config, "checkpoint_every")
         _require(config, "checkpoint_every", config.checkpoint_every % config.log_every == 0,

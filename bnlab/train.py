@@ -18,6 +18,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from tqdm.auto import tqdm
 
@@ -188,6 +189,9 @@ class Steps:
 
     init: Any  # (rng, sample, learning_rate, weight_decay) → TrainState, on one device
     train: Any  # (state, totals, images, labels) → (state, totals)
+    # (state, totals, all images, all labels, indices K×B) → (state, totals): K steps in
+    # one call (lax.scan), each batch gathered from a dataset held on the device.
+    train_many: Any
     evaluate: Any  # (state, images, labels, mask) → (loss sum, correct), running averages
     batch_stats: Any  # (state, images, labels) → (this batch's BN stats, loss sum, correct)
 
@@ -256,7 +260,19 @@ def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout) -> Steps
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
         return updates.get("batch_stats", {}), *layout.sum((loss_sum, correct))
 
+    # XLA's CPU backend runs a rolled scan of these steps ~3.6× slower than the same
+    # steps unrolled (measured on the 2-core CPU: 11.6 vs 2.9 ms/step at batch 8);
+    # accelerators keep the loop rolled, which compiles once for any length.
+    unroll = jax.default_backend() == "cpu"
+
+    def train_many(state: TrainState, totals, images, labels, batch_indices):
+        def one_step(carry, index):
+            return train_step(*carry, images[index], labels[index]), None
+
+        return jax.lax.scan(one_step, (state, totals), batch_indices, unroll=unroll)[0]
+
     return Steps(jax.jit(init), layout.compile(train_step, 2, replicated_args=2),
+                 jax.jit(train_many) if layout.mode == "none" else None,
                  layout.compile(eval_step, 3), layout.compile(batch_stats_step, 2))
 
 
@@ -400,13 +416,21 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
     eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
 
     # Epoch order depends on (seed, epoch) only: a resumed run sees the same batches.
-    batches = data.train_batches(run.train_set, config.batch_size, config.seed, config.augment,
-                                 start_step=start_step)
+    fused = config.get("steps_per_call", 1) > 1
+    if fused:  # the dataset on the device; K steps per call, each gathering its batch
+        indices = data.train_batch_indices(len(run.train_set), config.batch_size, config.seed,
+                                           start_step)
+        device_images = jax.device_put(run.train_set.images)
+        device_labels = jax.device_put(run.train_set.labels)
+    else:
+        batches = data.train_batches(run.train_set, config.batch_size, config.seed,
+                                     config.augment, start_step=start_step)
     totals = layout.replicate(new_totals())
     # The time column goes on from where the interrupted attempt left it.
     start = time.perf_counter() - (previous[-1].get("time", 0.0) if previous else 0.0)
     attempt_start = time.perf_counter()
     first_step_s, eval_s = None, 0.0  # eval time is kept out of the speed figures
+    first_call_steps = 1
     last: dict[str, Any] = previous[-1] if previous else {}
     evals = [(r["step"], r["test_accuracy"]) for r in previous if "test_accuracy" in r]
     best_test = max((acc for _, acc in evals), default=None)
@@ -416,13 +440,24 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
     progress = tqdm(total=run.total_steps, initial=start_step, unit="step",
                     desc=f"{config.model}/{config.norm}", dynamic_ncols=True,
                     disable=None if jax.process_index() == 0 else True, leave=False)
+    step = start_step
     try:
-        for step in range(start_step + 1, run.total_steps + 1):
-            state, totals = steps.train(state, totals, *layout.shard(*next(batches)))
+        while step < run.total_steps:
+            if fused:  # up to the next log point, at most steps_per_call at once
+                count = min(config.steps_per_call, config.log_every - step % config.log_every,
+                            run.total_steps - step)
+                chunk = np.stack([next(indices) for _ in range(count)])
+                state, totals = steps.train_many(state, totals, device_images, device_labels,
+                                                 chunk)
+            else:
+                count = 1
+                state, totals = steps.train(state, totals, *layout.shard(*next(batches)))
+            step += count
             if first_step_s is None:
                 jax.block_until_ready(state.step)
                 first_step_s = time.perf_counter() - attempt_start
-            progress.update()
+                first_call_steps = count
+            progress.update(count)
             is_last = step == run.total_steps
             if step % config.log_every and not is_last:
                 continue
@@ -460,7 +495,7 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
         progress.close()
     wall = time.perf_counter() - attempt_start
     steps_done = diverged_step or run.total_steps
-    timed_steps = steps_done - start_step - 1
+    timed_steps = steps_done - start_step - first_call_steps
     train_s = wall - first_step_s - eval_s
     extra_evals = {k: v for k, v in last.items() if k.endswith(("_precise_bn", "_batch_stats"))}
     return {
@@ -478,7 +513,7 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
         "num_params": num_params,
         "wall_time_s": wall,  # of this attempt; a resumed run counts from its resume
         "resumed_from_step": start_step or None,
-        "first_step_s": first_step_s,  # includes compilation
+        "first_step_s": first_step_s,  # the first call (includes compilation)
         "eval_time_s": eval_s,
         # Training steps after the first, without evaluation (logging included).
         "steps_per_s": timed_steps / train_s if timed_steps > 0 else None,
