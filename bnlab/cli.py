@@ -108,10 +108,9 @@ def _enable_compilation_cache() -> None:
 
 
 def sweep_command(argv: list[str]) -> int:
-    positional = [a for a in argv[1:] if not a.startswith("-")]
-    if not positional:
+    if len(argv) < 2 or argv[1].startswith("-"):
         raise UsageError("usage: python -m bnlab sweep FILE --workdir DIR [flags]")
-    sweep_file = Path(positional[0])
+    sweep_file = Path(argv[1])
 
     def define(flags, flag_values):
         flags.DEFINE_bool("dry_run", False, "list the runs, write nothing",
@@ -135,8 +134,8 @@ def sweep_command(argv: list[str]) -> int:
         flags.DEFINE_bool("wait", True, "follow the Slurm workers until they end",
                           flag_values=flag_values)
 
-    rest = [a for a in argv if a != positional[0]]
-    config, overrides, flag_values = _parse_config_flags(rest, sweep_file, define)
+    config, overrides, flag_values = _parse_config_flags(argv[:1] + argv[2:], sweep_file,
+                                                         define)
     if not sweep_file.is_file():
         raise UsageError(f"no sweep file {sweep_file}")
     from bnlab import config as config_lib

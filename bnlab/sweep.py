@@ -310,11 +310,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _follow(workdir: Path, run_ids: list[str], working, period_s: float,
+            progress: bool) -> None:
+    """A progress bar of the launch's runs (done / running / diverged / failed /
+    pending counts) while `working()` says the workers are at it."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
+    try:
+        while working():
+            counts = statuses(workdir, run_ids)
+            bar.n = counts["done"] + counts["diverged"] + counts["failed"]
+            bar.set_postfix(counts, refresh=True)
+            time.sleep(period_s)
+    finally:
+        bar.close()
+
+
 def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | None = None,
               progress: bool = True) -> dict[str, int]:
     """Runs a launch with `jobs` worker processes on this machine; returns the summed
     compile counts. jobs=1 works in this process (compiled steps are shared)."""
-    from tqdm.auto import tqdm
 
     run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
     if jobs == 1:
@@ -323,15 +339,7 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
     workers = [subprocess.Popen(command, env={**os.environ, **(env or {})},
                                 stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
                for _ in range(jobs)]
-    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
-    try:
-        while any(w.poll() is None for w in workers):
-            counts = statuses(workdir, run_ids)
-            bar.n = counts["done"] + counts["diverged"] + counts["failed"]
-            bar.set_postfix(counts, refresh=True)
-            time.sleep(1.0)
-    finally:
-        bar.close()
+    _follow(workdir, run_ids, lambda: any(w.poll() is None for w in workers), 1.0, progress)
     totals: dict[str, int] = {}
     for worker in workers:
         out = worker.stdout.read() if worker.stdout else ""
@@ -348,7 +356,6 @@ def run_slurm(workdir: Path, launch_id: str, jobs: int, slurm: dict[str, Any],
     from the shared tracking directory like a local worker. Logs go to
     WORKDIR/slurm/. With `wait`, follows the runs and returns the compile counts."""
     import submitit
-    from tqdm.auto import tqdm
 
     # Without Slurm's accounting daemon sacct fails and submitit warns on every
     # poll; the job states still come back (from squeue), so that warning is noise.
@@ -373,15 +380,7 @@ def run_slurm(workdir: Path, launch_id: str, jobs: int, slurm: dict[str, Any],
     if not wait:
         return {}
     run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
-    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
-    try:
-        while not all(job.done() for job in array):
-            counts = statuses(workdir, run_ids)
-            bar.n = counts["done"] + counts["diverged"] + counts["failed"]
-            bar.set_postfix(counts, refresh=True)
-            time.sleep(2.0)
-    finally:
-        bar.close()
+    _follow(workdir, run_ids, lambda: not all(job.done() for job in array), 2.0, progress)
     totals: dict[str, int] = {}
     for job in array:
         try:
