@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("pending", "running", "done", "diverged", "failed")
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -53,7 +51,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from others on a shared disk
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -144,19 +142,8 @@ class RunWriter:
         if not self.active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("summary.json", "metrics.jsonl"):
-            (self.run_dir / name).unlink(missing_ok=True)
-        for old in self.run_dir.glob("events.out.tfevents.*"):
-            old.unlink()
-        write_json_atomic(self.run_dir / "config.json", config)
-        write_json_atomic(self.run_dir / "env.json", environment())
-        self._status = {"status": "running", "started": _now(), "host": socket.gethostname(),
-                        "pid": os.getpid()}
-        write_json_atomic(self.run_dir / "status.json", self._status)
-        # Open for the run's life, a line per log; closed by finish() or fail().
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
-        self._events = _EventWriter(self.run_dir)
-        self._events.hparams(hparams, trial_id=self.run_dir.name)
+        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        self._open(config, hparams)
 
     def resume(self, config: dict[str, Any], hparams: dict[str, Any],
                step: int) -> list[dict[str, Any]]:
@@ -167,21 +154,26 @@ class RunWriter:
         kept = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r["step"] <= step]
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
         _write_text_atomic(self.run_dir / "metrics.jsonl", text)
+        self._open(config, hparams, resumed_from_step=step)
+        for row in kept:
+            self._events.scalars(row["step"], _scalars(row))
+        return kept
+
+    def _open(self, config: dict[str, Any], hparams: dict[str, Any], **status: Any) -> None:
+        """Writes config, env and status 'running'; opens metrics.jsonl for appending and
+        a fresh TensorBoard file (older ones removed) with the HParams."""
         (self.run_dir / "summary.json").unlink(missing_ok=True)
         for old in self.run_dir.glob("events.out.tfevents.*"):
             old.unlink()
         write_json_atomic(self.run_dir / "config.json", config)
         write_json_atomic(self.run_dir / "env.json", environment())
         self._status = {"status": "running", "started": _now(), "host": socket.gethostname(),
-                        "pid": os.getpid(), "resumed_from_step": step}
+                        "pid": os.getpid(), **status}
         write_json_atomic(self.run_dir / "status.json", self._status)
+        # Open for the run's life, a line per log; closed by finish() or fail().
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
         self._events = _EventWriter(self.run_dir)
         self._events.hparams(hparams, trial_id=self.run_dir.name)
-        for row in kept:
-            self._events.scalars(row["step"], {k: v for k, v in row.items()
-                                               if k != "step" and isinstance(v, int | float)})
-        return kept
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:
@@ -189,8 +181,7 @@ class RunWriter:
         row = jsonable({"step": step, **metrics})
         self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
         self._metrics.flush()
-        self._events.scalars(step, {k: v for k, v in row.items()
-                                    if k != "step" and isinstance(v, int | float)})
+        self._events.scalars(step, _scalars(row))
 
     def finish(self, status: str, summary: dict[str, Any], **details: Any) -> None:
         """Status first, summary.json last: its presence marks a finished run."""
@@ -215,6 +206,11 @@ class RunWriter:
             if handle is not None:
                 handle.close()
         self._metrics = self._events = None
+
+
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics row that TensorBoard plots (not its step)."""
+    return {k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}
 
 
 class _EventWriter:
