@@ -25,9 +25,13 @@ commands:
           writes DIR/runs/RUN_ID/ (config, status, metrics, summary, env, TensorBoard)
   sweep   a grid of runs: FILE --workdir DIR [--jobs N] [--dry_run] [--only REGEX]
           [--limit N] [--executor local|slurm] [--slurm_partition P --slurm_gpus G ...]
-          [--config.FIELD=VALUE ...]; FILE has get_config() and get_sweep();
+          [--pack [--pack_size N]] [--config.FIELD=VALUE ...];
+          FILE has get_config() and get_sweep();
           a relaunch skips finished runs and restarts interrupted ones
-  ls      the status table of a tracking directory: ls DIR
+  ls      the status table of a tracking directory: ls DIR [--format table|csv|parquet]
+          [--out FILE] (csv/parquet: every run's config and summary, one row each)
+  bench   speed: bench [step|norms|pack|load|all] [--models M,..] [--norms N,..]
+          [--batch_sizes B,..] [--dtype float32|bfloat16] [--out FILE.json]
 
 `python -m bnlab train --help` lists a command's flags."""
 
@@ -133,6 +137,13 @@ def sweep_command(argv: list[str]) -> int:
                            flag_values=flag_values)
         flags.DEFINE_bool("wait", True, "follow the Slurm workers until they end",
                           flag_values=flag_values)
+        flags.DEFINE_bool("pack", False, "train runs that differ only in learning_rate, "
+                          "weight_decay and seed together (vmap), where packing pays: on "
+                          "accelerators, not on a CPU backend", flag_values=flag_values)
+        flags.DEFINE_integer("pack_size", 64, "at most this many runs in one pack",
+                             lower_bound=1, flag_values=flag_values)
+        flags.DEFINE_bool("pack_on_cpu", False, "pack on a CPU backend too (slower there, "
+                          "as measured by `bnlab bench pack`)", flag_values=flag_values)
 
     config, overrides, flag_values = _parse_config_flags(argv[:1] + argv[2:], sweep_file,
                                                          define)
@@ -165,15 +176,23 @@ def sweep_command(argv: list[str]) -> int:
     print(f"sweep {workdir}: {len(runs)} runs, {finished} finished before; launch {launch}",
           flush=True)
     _enable_compilation_cache()
+    pack = {"pack": flag_values.pack, "pack_size": flag_values.pack_size,
+            "pack_on_cpu": flag_values.pack_on_cpu}
+    if flag_values.pack and not flag_values.pack_on_cpu and flag_values.executor == "local":
+        from bnlab import train
+
+        if not train.packing_pays():
+            print("--pack: packing is slower than one run after another on a CPU backend "
+                  "(`bnlab bench pack`); running the runs one by one (--pack_on_cpu forces it)")
     if flag_values.executor == "slurm":
         compiles = sweep.run_slurm(workdir, launch, flag_values.jobs, {
             "partition": flag_values.slurm_partition, "time_min": flag_values.slurm_time_min,
             "gpus": flag_values.slurm_gpus, "cpus": flag_values.slurm_cpus,
-            "mem_gb": flag_values.slurm_mem_gb}, wait=flag_values.wait)
+            "mem_gb": flag_values.slurm_mem_gb}, wait=flag_values.wait, pack=pack)
         if not flag_values.wait:
             return 0
     else:
-        compiles = sweep.run_local(workdir, launch, flag_values.jobs)
+        compiles = sweep.run_local(workdir, launch, flag_values.jobs, pack=pack)
     counts = sweep.statuses(workdir, [r.run_id for r in runs])
     print(json.dumps({**counts, "train_step_compilations": compiles.get("train_step", 0)}))
     return 1 if counts["failed"] else 0
@@ -183,20 +202,62 @@ def worker_command(argv: list[str]) -> int:
     """Internal: one local worker of a sweep launch (started by `sweep --jobs N`)."""
     from bnlab import sweep
 
-    if len(argv) != 3:
-        raise UsageError("usage: python -m bnlab _worker WORKDIR LAUNCH_ID")
+    if len(argv) not in (3, 4):
+        raise UsageError("usage: python -m bnlab _worker WORKDIR LAUNCH_ID [PACK_JSON]")
     _enable_compilation_cache()
-    print(json.dumps(sweep.work(argv[1], argv[2])), flush=True)
+    pack = json.loads(argv[3]) if len(argv) == 4 else {}
+    print(json.dumps(sweep.work(argv[1], argv[2], **pack)), flush=True)
     return 0
 
 
 def ls_command(argv: list[str]) -> int:
-    """The status table of a tracking directory."""
+    """The status table of a tracking directory, or every run's config and summary
+    as CSV (to stdout or --out) or Parquet (--out)."""
     from bnlab import sweep, tracking
 
-    if len(argv) != 2:
-        raise UsageError("usage: python -m bnlab ls DIR")
-    folder = Path(argv[1])
+    args, options = [], {"--format": "table", "--out": None}
+    rest = list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        name, _, value = arg.partition("=")
+        if name in options:
+            if not value:
+                if not rest:
+                    raise UsageError(f"{name} needs a value")
+                value = rest.pop(0)
+            options[name] = value
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown flag {arg}; ls takes --format table|csv|parquet, --out")
+        else:
+            args.append(arg)
+    if len(args) != 1:
+        raise UsageError("usage: python -m bnlab ls DIR [--format table|csv|parquet] "
+                         "[--out FILE]")
+    folder, fmt, out = Path(args[0]), options["--format"], options["--out"]
+    if fmt not in ("table", "csv", "parquet"):
+        raise UsageError(f"unknown --format {fmt!r}; allowed: table, csv, parquet")
+    if fmt == "parquet" and not out:
+        raise UsageError("--format parquet needs --out FILE")
+    if out and not Path(out).resolve().parent.is_dir():
+        raise UsageError(f"no folder for --out {out}")
+    if fmt != "table":
+        from bnlab import analysis
+
+        try:
+            runs = analysis.load_runs(folder)
+        except FileNotFoundError:
+            raise UsageError(f"no runs under {folder}") from None
+        if fmt == "csv" and not out:
+            runs.to_csv(sys.stdout, index=False)
+            return 0
+        temporary = Path(f"{out}.tmp.{os.getpid()}")  # nothing half-written at OUT
+        if fmt == "csv":
+            runs.to_csv(temporary, index=False)
+        else:
+            _to_parquet(runs, temporary)
+        os.replace(temporary, out)
+        print(f"wrote {len(runs)} runs to {out}")
+        return 0
     run_dirs = sorted(p.parent for p in folder.glob("**/status.json"))
     if not run_dirs:
         raise UsageError(f"no runs under {folder}")
@@ -216,9 +277,75 @@ def ls_command(argv: list[str]) -> int:
     return 0
 
 
+def _to_parquet(runs, path: Path) -> None:
+    """Parquet wants one type per column: tuples (list-valued config fields) and
+    mixed columns are written as their JSON text."""
+    frame = runs.copy()
+    for column in frame.columns:
+        types = {type(v) for v in frame[column] if v is not None and v == v}
+        if types == {int, float}:
+            frame[column] = frame[column].astype(float)
+        elif len(types) > 1 or tuple in types or list in types:
+            frame[column] = [json.dumps(v) if v is not None else None for v in frame[column]]
+    frame.to_parquet(path, index=False)
+
+
+def bench_command(argv: list[str]) -> int:
+    """Speed benchmarks (bnlab.bench): a table on screen, JSON to --out."""
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    flags.DEFINE_list("models", ["simple_cnn", "resnet20"], "models of the step benchmark",
+                      flag_values=flag_values)
+    flags.DEFINE_list("norms", ["bn", "gn"], "norms of the step benchmark",
+                      flag_values=flag_values)
+    flags.DEFINE_list("batch_sizes", ["8", "128"], "batch sizes of the step benchmark",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("steps", None, "timed steps per loop (default: 100 on CPU, 300 "
+                         "on accelerators)", lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_integer("steps_per_call", None, "steps per call of the fused loop "
+                         "(default: 10 on CPU, 100 on accelerators)", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("members", 16, "runs packed together by the pack benchmark",
+                         lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_bool("torch", True, "also time the article's PyTorch code, when torch is "
+                      "installed", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "write the records here as JSON", flag_values=flag_values)
+    try:
+        rest = flag_values(argv)
+        batch_sizes = [int(b) for b in flag_values.batch_sizes]
+    except (flags.Error, ValueError) as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    if len(rest) > 2:
+        raise UsageError(f"unexpected arguments: {' '.join(rest[2:])}")
+    which = rest[1] if len(rest) == 2 else "all"
+    if which not in ("step", "norms", "pack", "load", "all"):
+        raise UsageError(f"unknown benchmark {which!r}; allowed: step, norms, pack, load, all")
+    from bnlab import bench, config, models, norms, tracking
+
+    for model in flag_values.models:
+        if model not in models._MODELS:
+            raise config.ConfigError("models", model, f"allowed: {', '.join(models._MODELS)}")
+    for norm in flag_values.norms:
+        norms.make(norm, **({"num_groups": 8} if norm == "gn" else {}))
+    if flag_values.out and not Path(flag_values.out).parent.is_dir():
+        raise UsageError(f"no folder for --out {flag_values.out}")
+    def save(records):  # after every record: an interrupted benchmark keeps what it measured
+        tracking._write_text_atomic(Path(flag_values.out), bench.to_json(records))
+
+    bench.run(which, flag_values.models, flag_values.norms, batch_sizes, flag_values.dtype,
+              flag_values.steps, flag_values.steps_per_call, flag_values.members,
+              flag_values.torch, save if flag_values.out else None)
+    if flag_values.out:
+        print(f"wrote {flag_values.out}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "sweep": sweep_command, "ls": ls_command,
-    "_worker": worker_command}
+    "bench": bench_command, "_worker": worker_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -193,18 +194,17 @@ def try_claim(run_dir: Path, launch_id: str) -> bool:
 
 
 class _Heartbeat:
-    """Touches the claim file while a run trains, so others see its owner alive."""
+    """Touches the claim files while their runs train, so others see the owner alive."""
 
-    def __init__(self, claim: Path):
-        self.claim, self.stop = claim, threading.Event()
+    def __init__(self, *claims: Path):
+        self.claims, self.stop = claims, threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self):
         while not self.stop.wait(HEARTBEAT_S):
-            try:
-                os.utime(self.claim)
-            except OSError:
-                return
+            for claim in self.claims:
+                with contextlib.suppress(OSError):
+                    os.utime(claim)
 
     def __enter__(self):
         self.thread.start()
@@ -234,9 +234,14 @@ def config_from_dir(run_dir: Path) -> ml_collections.ConfigDict:
                                       for k, v in flat.items()})
 
 
-def work(workdir: str | Path, launch_id: str, progress: bool = False) -> dict[str, int]:
+def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool = False,
+         pack_size: int = 64, pack_on_cpu: bool = False) -> dict[str, int]:
     """Runs every run of a launch that nobody else has claimed or finished; returns
-    how often this worker traced its train step (its compilations)."""
+    how often this worker traced its train step (its compilations).
+
+    With `pack`, runs that differ only in learning rate, weight decay and seed train
+    together, up to `pack_size` at once (`train.train_packed`), where packing pays
+    (`train.packing_pays`: not on a CPU backend, unless `pack_on_cpu`)."""
     from tqdm.auto import tqdm
 
     from bnlab import train
@@ -244,27 +249,94 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False) -> dict[st
     workdir = Path(workdir)
     run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
     before = dict(train.TRACE_COUNTS)
-    for run_id in tqdm(run_ids, unit="run", disable=None if progress else True):
+    pack = pack and (pack_on_cpu or train.packing_pays())
+    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
+    for group in _groups(workdir, run_ids, pack_size if pack else 1):
+        claimed = [run_id for run_id in group if _claimable(workdir, run_id, launch_id)]
+        bar.update(len(group))
+        if len(claimed) > 1:
+            _run_packed(workdir, claimed, launch_id)
+        elif claimed:
+            _run_one(workdir, claimed[0], launch_id)
+    bar.close()
+    return {k: train.TRACE_COUNTS[k] - before[k] for k in before}
+
+
+def _groups(workdir: Path, run_ids: list[str], size: int) -> list[list[str]]:
+    """The runs in packs of at most `size` that can train together (`train.pack_key`),
+    in the order of each pack's first run; a run with a checkpoint to resume from, or
+    one that cannot be packed, is a pack of one."""
+    from bnlab import train
+
+    if size <= 1:
+        return [[run_id] for run_id in run_ids]
+    groups: dict[Any, list[str]] = {}
+    for run_id in run_ids:
         run_dir = workdir / "runs" / run_id
-        status = _read_status(run_dir)
-        if status.get("status") == "failed" and status.get("launch") == launch_id:
-            continue  # failed in this launch already: a relaunch retries it
-        if not try_claim(run_dir, launch_id):
-            continue
-        _log_event(workdir, event="start", run=run_id, launch=launch_id)
-        outcome = "failed"
         try:
-            with _Heartbeat(run_dir / "claim.json"):
-                summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir))
-            outcome = summary["status"]
-        except Exception as error:  # a failed run is recorded; the sweep goes on
-            status = _read_status(run_dir)
-            status.update(launch=launch_id, error=status.get("error") or repr(error))
-            tracking.write_json_atomic(run_dir / "status.json", status)
-        finally:
+            config = config_from_dir(run_dir)
+            key = train.pack_key(config)
+            if key is not None and config.get("checkpoint_every") and train.resumable_step(
+                    run_dir, config, tracking.Checkpoints(run_dir)):
+                key = None
+        except (OSError, ValueError):
+            key = None
+        groups.setdefault(key if key is not None else ("single", run_id), []).append(run_id)
+    return [ids[i:i + size] for ids in groups.values() for i in range(0, len(ids), size)]
+
+
+def _claimable(workdir: Path, run_id: str, launch_id: str) -> bool:
+    """Claims the run unless it failed in this launch already (a relaunch retries it)."""
+    run_dir = workdir / "runs" / run_id
+    status = _read_status(run_dir)
+    if status.get("status") == "failed" and status.get("launch") == launch_id:
+        return False
+    return try_claim(run_dir, launch_id)
+
+
+def _record_failure(run_dir: Path, launch_id: str, error: BaseException) -> None:
+    """A failed run is recorded with the launch that failed it; the sweep goes on."""
+    status = _read_status(run_dir)
+    status.update(status="failed", launch=launch_id, error=status.get("error") or repr(error))
+    tracking.write_json_atomic(run_dir / "status.json", status)
+
+
+def _run_one(workdir: Path, run_id: str, launch_id: str) -> None:
+    from bnlab import train
+
+    run_dir = workdir / "runs" / run_id
+    _log_event(workdir, event="start", run=run_id, launch=launch_id)
+    outcome = "failed"
+    try:
+        with _Heartbeat(run_dir / "claim.json"):
+            summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir))
+        outcome = summary["status"]
+    except Exception as error:
+        _record_failure(run_dir, launch_id, error)
+    finally:
+        _log_event(workdir, event="end", run=run_id, launch=launch_id, outcome=outcome)
+        (run_dir / "claim.json").unlink(missing_ok=True)
+
+
+def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
+    from bnlab import train
+
+    run_dirs = [workdir / "runs" / run_id for run_id in run_ids]
+    for run_id in run_ids:
+        _log_event(workdir, event="start", run=run_id, launch=launch_id, packed=len(run_ids))
+    outcomes = ["failed"] * len(run_ids)
+    try:
+        with _Heartbeat(*(d / "claim.json" for d in run_dirs)):
+            summaries = train.train_packed([config_from_dir(d) for d in run_dirs],
+                                           [str(d) for d in run_dirs])
+        outcomes = [s["status"] for s in summaries]
+    except Exception as error:
+        for run_dir in run_dirs:
+            _record_failure(run_dir, launch_id, error)
+    finally:
+        for run_id, run_dir, outcome in zip(run_ids, run_dirs, outcomes, strict=True):
             _log_event(workdir, event="end", run=run_id, launch=launch_id, outcome=outcome)
             (run_dir / "claim.json").unlink(missing_ok=True)
-    return {k: train.TRACE_COUNTS[k] - before[k] for k in before}
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
@@ -328,14 +400,17 @@ def _follow(workdir: Path, run_ids: list[str], working, period_s: float,
 
 
 def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | None = None,
-              progress: bool = True) -> dict[str, int]:
+              progress: bool = True, pack: dict[str, Any] | None = None) -> dict[str, int]:
     """Runs a launch with `jobs` worker processes on this machine; returns the summed
-    compile counts. jobs=1 works in this process (compiled steps are shared)."""
+    compile counts. jobs=1 works in this process (compiled steps are shared).
+    `pack`: the packing options of `work` (pack, pack_size, pack_on_cpu)."""
 
     run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
+    pack = pack or {}
     if jobs == 1:
-        return work(workdir, launch_id, progress)
-    command = [sys.executable, "-m", "bnlab", "_worker", str(workdir), launch_id]
+        return work(workdir, launch_id, progress, **pack)
+    command = [sys.executable, "-m", "bnlab", "_worker", str(workdir), launch_id,
+               json.dumps(pack)]
     workers = [subprocess.Popen(command, env={**os.environ, **(env or {})},
                                 stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
                for _ in range(jobs)]
@@ -351,7 +426,8 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
 
 
 def run_slurm(workdir: Path, launch_id: str, jobs: int, slurm: dict[str, Any],
-              wait: bool = True, progress: bool = True) -> dict[str, int]:
+              wait: bool = True, progress: bool = True,
+              pack: dict[str, Any] | None = None) -> dict[str, int]:
     """Submits `jobs` workers as one Slurm job array (submitit); each claims runs
     from the shared tracking directory like a local worker. Logs go to
     WORKDIR/slurm/. With `wait`, follows the runs and returns the compile counts."""
@@ -374,7 +450,8 @@ def run_slurm(workdir: Path, launch_id: str, jobs: int, slurm: dict[str, Any],
     if slurm.get("partition"):
         parameters["slurm_partition"] = slurm["partition"]
     executor.update_parameters(**parameters)
-    array = executor.map_array(work, [str(workdir)] * jobs, [launch_id] * jobs)
+    array = executor.map_array(functools.partial(work, **(pack or {})), [str(workdir)] * jobs,
+                               [launch_id] * jobs)
     print(f"submitted Slurm array {array[0].job_id.split('_')[0]} ({jobs} workers); "
           f"logs in {workdir / 'slurm'}", flush=True)
     if not wait:

@@ -194,6 +194,11 @@ class Steps:
     train_many: Any
     evaluate: Any  # (state, images, labels, mask) → (loss sum, correct), running averages
     batch_stats: Any  # (state, images, labels) → (this batch's BN stats, loss sum, correct)
+    # Packing (one device): the same functions vmapped over a leading member axis of
+    # the state, the totals, the batch indices and the init values; data is shared.
+    init_packed: Any = None  # (rngs, sample, learning_rates, weight_decays) → states
+    train_packed: Any = None  # train_many over members
+    evaluate_packed: Any = None  # evaluate over members, on the same test batch
 
 
 @functools.lru_cache(maxsize=64)
@@ -271,9 +276,21 @@ def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout) -> Steps
 
         return jax.lax.scan(one_step, (state, totals), batch_indices, unroll=unroll)[0]
 
-    return Steps(jax.jit(init), layout.compile(train_step, 2, replicated_args=2),
-                 jax.jit(train_many) if layout.mode == "none" else None,
-                 layout.compile(eval_step, 3), layout.compile(batch_stats_step, 2))
+    steps = Steps(jax.jit(init), layout.compile(train_step, 2, replicated_args=2),
+                  None, layout.compile(eval_step, 3), layout.compile(batch_stats_step, 2))
+    if layout.mode != "none":
+        return steps
+    # One loop: a single run's fused steps and a packed group's are train_many, the
+    # latter vmapped; members never exchange values, so one member's NaN stays its own.
+    # The old state's buffers are reused for the new one (XLA's CPU backend cannot
+    # donate and would warn on every call).
+    donate = () if jax.default_backend() == "cpu" else (0,)
+    return dataclasses.replace(
+        steps, train_many=jax.jit(train_many, donate_argnums=donate),
+        init_packed=jax.jit(jax.vmap(init, in_axes=(0, None, 0, 0))),
+        train_packed=jax.jit(jax.vmap(train_many, in_axes=(0, 0, None, None, 0)),
+                             donate_argnums=donate),
+        evaluate_packed=jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None))))
 
 
 def new_totals() -> dict[str, jax.Array]:
@@ -344,7 +361,7 @@ def run_prepared(run: Prepared, workdir: str) -> dict[str, Any]:
     checkpoints = (tracking.Checkpoints(workdir, active=active)
                    if run.config.get("checkpoint_every") else None)
     hparams = {**flat, **run.facts}
-    resume_step = _resumable_step(Path(workdir), run.config, checkpoints)
+    resume_step = resumable_step(Path(workdir), run.config, checkpoints)
     if resume_step:
         previous = writer.resume(flat, hparams, resume_step)
     else:
@@ -364,7 +381,7 @@ def run_prepared(run: Prepared, workdir: str) -> dict[str, Any]:
     return {"status": status, **summary}
 
 
-def _resumable_step(run_dir: Path, config, checkpoints) -> int | None:
+def resumable_step(run_dir: Path, config, checkpoints) -> int | None:
     """The checkpoint step to resume from: an unfinished run of the same config."""
     if checkpoints is None or (run_dir / "summary.json").is_file():
         return None
@@ -463,10 +480,8 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
                 continue
             host = layout.fetch(totals)
             totals = layout.replicate(new_totals())
-            row = {"train_loss": float(host["loss"]) / max(1, host["steps"]),
-                   "train_accuracy": float(host["correct"]) / max(1, host["count"]),
-                   "learning_rate": config.learning_rate * float(factor(step - 1)),
-                   "time": time.perf_counter() - start}
+            row = _train_row(host, config.learning_rate * float(factor(step - 1)),
+                             time.perf_counter() - start)
             if host["diverged_step"] >= 0:
                 diverged_step = int(host["diverged_step"]) + 1  # steps count from 1
                 writer.log(step, {**row, "train_loss": float("nan")})
@@ -494,13 +509,29 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
     finally:
         progress.close()
     wall = time.perf_counter() - attempt_start
-    steps_done = diverged_step or run.total_steps
-    timed_steps = steps_done - start_step - first_call_steps
-    train_s = wall - first_step_s - eval_s
+    return _summary(config, len(run.train_set), diverged_step or run.total_steps, diverged_step,
+                    last, best_test, steps_to_target, num_params, start_step,
+                    {"wall": wall, "first_step_s": first_step_s, "first_call_steps":
+                     first_call_steps, "eval_s": eval_s})
+
+
+def _train_row(host: dict[str, Any], learning_rate: float, elapsed: float) -> dict[str, Any]:
+    """A metrics row from the totals since the last log (one member's, when packed)."""
+    return {"train_loss": float(host["loss"]) / max(1, host["steps"]),
+            "train_accuracy": float(host["correct"]) / max(1, host["count"]),
+            "learning_rate": learning_rate, "time": elapsed}
+
+
+def _summary(config, train_examples: int, steps_done: int, diverged_step: int | None,
+             last: dict[str, Any], best_test: float | None, steps_to_target: int | None,
+             num_params: int, start_step: int, timing: dict[str, Any]) -> dict[str, Any]:
+    """What summary.json says of a run (packed or not), from its last metrics row."""
+    timed_steps = steps_done - start_step - timing["first_call_steps"]
+    train_s = timing["wall"] - timing["first_step_s"] - timing["eval_s"]
     extra_evals = {k: v for k, v in last.items() if k.endswith(("_precise_bn", "_batch_stats"))}
     return {
         "step": steps_done,
-        "epochs": steps_done * config.batch_size / len(run.train_set),
+        "epochs": steps_done * config.batch_size / train_examples,
         "diverged_step": diverged_step,
         "test_accuracy": None if diverged_step else last.get("test_accuracy"),
         "test_loss": None if diverged_step else last.get("test_loss"),
@@ -511,11 +542,193 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
         "target_accuracy": config.target_accuracy,
         "steps_to_target": steps_to_target,
         "num_params": num_params,
-        "wall_time_s": wall,  # of this attempt; a resumed run counts from its resume
+        "wall_time_s": timing["wall"],  # of this attempt; a resumed run counts from its resume
         "resumed_from_step": start_step or None,
-        "first_step_s": first_step_s,  # the first call (includes compilation)
-        "eval_time_s": eval_s,
-        # Training steps after the first, without evaluation (logging included).
+        "first_step_s": timing["first_step_s"],  # the first call (includes compilation)
+        "eval_time_s": timing["eval_s"],
+        # Training steps after the first call, without evaluation (logging included).
         "steps_per_s": timed_steps / train_s if timed_steps > 0 else None,
         "examples_per_s": timed_steps * config.batch_size / train_s if timed_steps > 0 else None,
     }
+
+
+# ---------------------------------------------------------------- packed runs
+
+# Fields that are values inside the compiled step (optimizer hyperparameters, the init
+# key, the batch order): runs that differ only in these can train as one program.
+PACK_FIELDS = ("learning_rate", "weight_decay", "seed")
+
+
+def pack_key(config: ml_collections.ConfigDict) -> str | None:
+    """Runs with the same key can be packed together; None for a run that cannot be
+    (packing is one device, with the data on the device: no augmentation)."""
+    if config.parallel != "none" or config.augment:
+        return None
+    identity = config_lib.identity(config)
+    return tracking.config_hash({k: v for k, v in identity.items() if k not in PACK_FIELDS})
+
+
+def packing_pays() -> bool:
+    """Whether packing is faster than one run after another on this backend. On the
+    2-core CPU it is not (16 SimpleCNN members at batch 8: 181 against 276
+    member-steps/s; vmapped convolutions become grouped ones, which XLA's CPU backend
+    runs slowly); `bnlab bench pack` measures it on any machine."""
+    return jax.default_backend() != "cpu"
+
+
+def packed_model(model):
+    """The model as packed runs compute it: convolutions as batched matmuls
+    (`models.Conv`), which vmap does not turn into grouped convolutions."""
+    return model.clone(conv="shifts") if "conv" in model.__dataclass_fields__ else model
+
+
+def train_packed(configs: list[ml_collections.ConfigDict],
+                 workdirs: list[str]) -> list[dict[str, Any]]:
+    """Trains runs that differ only in `PACK_FIELDS` as one program: the fused steps
+    of `train_many`, vmapped over members. Each member is written as its own run
+    (config, metrics, summary) exactly as `train_and_evaluate` would write it; a
+    member that diverges is recorded as diverged at its step and the rest go on.
+    Packed members start from step 0 (an interrupted one restarts)."""
+    keys = {pack_key(c) for c in configs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("packed runs must share everything but "
+                         f"{', '.join(PACK_FIELDS)}, on one device without augmentation")
+    first = prepare(configs[0])
+    first = dataclasses.replace(first, model=packed_model(first.model))
+    for config in configs[1:]:
+        config_lib.validate(config)
+    members = [dataclasses.replace(first, config=c,
+                                   facts={**first.facts, "packed_members": len(configs)})
+               for c in configs]
+    writers = [tracking.RunWriter(d) for d in workdirs]
+    checkpoints = [tracking.Checkpoints(d) if c.get("checkpoint_every") else None
+                   for c, d in zip(configs, workdirs, strict=True)]
+    for member, writer, ckpt in zip(members, writers, checkpoints, strict=True):
+        if ckpt:
+            ckpt.clear()
+        writer.start(config_lib.flatten(member.config), {**config_lib.flatten(member.config),
+                                                         **member.facts})
+    live = list(range(len(members)))
+    try:
+        summaries = _train_packed(members, writers, checkpoints, live)
+    except BaseException as error:
+        for i in live:
+            writers[i].fail(error)
+        raise
+    return summaries
+
+
+def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
+                  checkpoints: list, live: list[int]) -> list[dict[str, Any]]:
+    """The loop of `train_packed`; `live` (the members still training) shrinks as
+    members diverge or finish, so the caller knows whose writer to fail on a crash."""
+    run, count_members = members[0], len(members)
+    config = run.config
+    steps = step_functions(run.model, run.optimizer, run.layout)
+    sample = jnp.zeros((config.batch_size,) + run.train_set.image_shape, jnp.float32)
+    seeds = jnp.asarray([m.config.seed for m in members])
+    state = steps.init_packed(jax.vmap(jax.random.key)(seeds), sample,
+                              jnp.asarray([m.config.learning_rate for m in members]),
+                              jnp.asarray([m.config.weight_decay for m in members]))
+    num_params = sum(x.size for x in jax.tree.leaves(state.params)) // count_members
+    zero_totals = jax.tree.map(lambda x: jnp.broadcast_to(x, (count_members,) + x.shape),
+                               new_totals())
+    totals = zero_totals
+    factor = schedule_factor(run.optimizer)
+    eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
+    per_call = config.steps_per_call if config.get("steps_per_call", 1) > 1 else config.log_every
+    orders = [data.train_batch_indices(len(run.train_set), config.batch_size, m.config.seed)
+              for m in members]
+    device_images = jax.device_put(run.train_set.images)
+    device_labels = jax.device_put(run.train_set.labels)
+    start = time.perf_counter()
+    first_step_s, eval_s, first_call_steps = None, 0.0, 1
+    last: list[dict[str, Any]] = [{} for _ in members]
+    best: list[float | None] = [None] * count_members
+    to_target: list[int | None] = [None] * count_members
+    diverged: list[int | None] = [None] * count_members
+    summaries: list[dict[str, Any] | None] = [None] * count_members
+    progress = tqdm(total=run.total_steps, unit="step", dynamic_ncols=True, leave=False,
+                    desc=f"{config.model}/{config.norm} ×{count_members} packed", disable=None)
+    step = 0
+
+    def finish(i: int) -> None:  # a member is written when it ends, not when all do
+        timing = {"wall": time.perf_counter() - start, "first_step_s": first_step_s,
+                  "first_call_steps": first_call_steps, "eval_s": eval_s}
+        summary = _summary(members[i].config, len(run.train_set), diverged[i] or step,
+                           diverged[i], last[i], best[i], to_target[i], num_params, 0, timing)
+        summary.update(members[i].facts)
+        status = "diverged" if diverged[i] is not None else "done"
+        writers[i].finish(status, summary, step=summary["step"],
+                          **({"diverged_step": diverged[i]} if diverged[i] else {}))
+        summaries[i] = {"status": status, **summary}
+        live.remove(i)
+
+    try:
+        while step < run.total_steps and live:
+            count = min(per_call, config.log_every - step % config.log_every,
+                        run.total_steps - step)
+            chunk = np.stack([np.stack([next(order) for _ in range(count)]) for order in orders])
+            state, totals = steps.train_packed(state, totals, device_images, device_labels,
+                                               chunk)
+            step += count
+            if first_step_s is None:
+                jax.block_until_ready(state.step)
+                first_step_s, first_call_steps = time.perf_counter() - start, count
+            progress.update(count)
+            is_last = step == run.total_steps
+            if step % config.log_every and not is_last:
+                continue
+            host = jax.device_get(totals)
+            totals = zero_totals
+            eval_start = time.perf_counter()
+            test = None
+            if is_last or (eval_every and step % eval_every == 0):
+                test = _evaluate_packed(steps, state, run.test_set, config.eval_batch_size)
+            eval_s += time.perf_counter() - eval_start
+            for i in list(live):
+                member = jax.tree.map(lambda x, i=i: x[i], host)
+                row = _train_row(member, members[i].config.learning_rate
+                                 * float(factor(step - 1)), time.perf_counter() - start)
+                if member["diverged_step"] >= 0:
+                    diverged[i] = int(member["diverged_step"]) + 1
+                    writers[i].log(step, {**row, "train_loss": float("nan")})
+                    last[i] = row
+                    finish(i)
+                    continue
+                if test is not None:
+                    accuracy = float(test["accuracy"][i])
+                    row.update(test_loss=float(test["loss"][i]), test_accuracy=accuracy)
+                    best[i] = max(best[i] or 0.0, accuracy)
+                    if (config.target_accuracy and to_target[i] is None
+                            and accuracy >= config.target_accuracy):
+                        to_target[i] = step
+                if is_last:
+                    eval_start = time.perf_counter()
+                    row.update(_final_bn_evaluations(members[i], steps, _member(state, i)))
+                    eval_s += time.perf_counter() - eval_start
+                writers[i].log(step, row)
+                last[i] = row
+                if checkpoints[i] and step % config.checkpoint_every == 0 and not is_last:
+                    checkpoints[i].save(step, jax.device_get(_member(state, i)))
+            progress.set_postfix(live=len(live))
+        for i in list(live):
+            finish(i)
+    finally:
+        progress.close()
+    return summaries
+
+
+def _member(tree, i: int):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _evaluate_packed(steps: Steps, state: TrainState, dataset: data.Dataset,
+                     batch_size: int) -> dict[str, np.ndarray]:
+    """`evaluate` for every member at once: test loss and accuracy, one entry each."""
+    loss_sum, correct = 0.0, 0
+    for arrays in data.eval_batches(dataset, min(batch_size, len(dataset))):
+        batch_loss, batch_correct = jax.device_get(steps.evaluate_packed(state, *arrays))
+        loss_sum = loss_sum + batch_loss.astype(np.float64)
+        correct = correct + batch_correct.astype(np.int64)
+    return {"loss": loss_sum / len(dataset), "accuracy": correct / len(dataset)}

@@ -1,5 +1,6 @@
 """Model structure against hand counts of the article's and He et al.'s networks."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,3 +113,25 @@ def test_values_per_statistic_per_layer():
     gn = models.make("simple_cnn", norm="gn", norm_options={"num_groups": 8})
     layers = models.normalized_layers(gn, (2, 28, 28, 1))
     assert [layer["values_per_statistic"] for layer in layers] == [28 * 28 * 2, 14 * 14 * 4]
+
+
+@pytest.mark.parametrize("strides,use_bias,channels", [(1, True, 3), (2, False, 16)])
+def test_shifted_matmul_conv_equals_flax_conv(strides, use_bias, channels):
+    """models.Conv (the packed runs' convolution) against nn.Conv: same parameters,
+    same outputs and gradients up to float32 rounding."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, channels))
+    ours = models.Conv(8, strides=strides, use_bias=use_bias)
+    flax_conv = nn.Conv(8, (3, 3), strides=strides, padding=1, use_bias=use_bias)
+    variables = flax_conv.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, variables)
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(ours, variables, x)),
+                    jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(flax_conv, variables, x)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
