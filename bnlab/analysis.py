@@ -1,0 +1,213 @@
+"""Tracking directories as pandas DataFrames, aggregation over seeds, and the
+standard plots. Reads any tracking directory: one run, a sweep, or a folder of
+sweeps (every folder below PATH that holds a run's config.json).
+
+    from bnlab import analysis
+    runs = analysis.load_runs("runs/bs")            # one row per run
+    table = analysis.aggregate(runs, by=["norm", "batch_size"], metric="test_accuracy")
+    analysis.plot_vs_batch_size(runs)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# The columns a run is usually told apart by, first in load_runs' frame.
+KEY_COLUMNS = ("norm", "model", "batch_size", "norm_batch_size", "learning_rate",
+               "weight_decay", "seed")
+FINISHED = ("done", "diverged")
+
+
+def run_dirs(path: str | Path) -> list[Path]:
+    """Every run directory at or below `path` (a folder with config.json and
+    status.json), sorted; checkpoint folders are not searched."""
+    root = Path(path)
+    if (root / "config.json").is_file() and (root / "status.json").is_file():
+        return [root]
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in ("checkpoint", "slurm"))
+        if "config.json" in files and "status.json" in files:
+            found.append(Path(folder))
+            subfolders[:] = []  # a run holds no runs
+    return sorted(found)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def load_runs(path: str | Path) -> pd.DataFrame:
+    """One row per run: `run` (its folder name), `sweep` (the folder holding
+    `runs/`, relative to `path`), `path`, `status`, every config field as a column,
+    and every summary metric (None where the run has not finished). `status` is
+    `run_state`'s: done, diverged, failed, running, interrupted or pending."""
+    from bnlab import sweep
+
+    root = Path(path)
+    rows = []
+    for run_dir in run_dirs(root):
+        config = _read(run_dir / "config.json")
+        summary = _read(run_dir / "summary.json")
+        status = summary.get("status") or sweep.run_state(run_dir)
+        parent = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir.parent
+        try:
+            sweep_name = str(parent.relative_to(root)) if parent != root else "."
+        except ValueError:  # `path` is the run itself
+            sweep_name = "."
+        row = {"run": run_dir.name, "sweep": sweep_name, "path": str(run_dir),
+               "status": status}
+        row.update({k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        row.update({k: v for k, v in summary.items() if k != "status"})
+        rows.append(row)
+    if not rows:
+        raise FileNotFoundError(f"no runs under {root}")
+    frame = pd.DataFrame(rows)
+    first = ["run", "sweep", "status"] + [c for c in KEY_COLUMNS if c in frame]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def load_curves(path: str | Path, metrics: list[str] | tuple[str, ...] | None = None,
+                columns: tuple[str, ...] = KEY_COLUMNS) -> pd.DataFrame:
+    """Long-format metrics over steps: one row per (run, step, metric) with `value`,
+    plus the run's `columns` (from its config and summary) to group and plot by.
+    `metrics`: the metric names to keep (default: all)."""
+    from bnlab import tracking
+
+    runs = load_runs(path)
+    keep = [c for c in columns if c in runs]
+    wanted = set(metrics) if metrics else None
+    records = []  # built as tuples, one frame at the end: 1,000 runs load in a second
+    for record in runs[["run", "path", *keep]].itertuples(index=False):
+        fixed = (record[0], *record[2:])
+        for row in tracking.read_metrics(Path(record[1]) / "metrics.jsonl"):
+            step = row["step"]
+            for metric, value in row.items():
+                # NaN is written as null: a diverged step has no value.
+                if (metric != "step" and (wanted is None or metric in wanted)
+                        and isinstance(value, int | float) and not isinstance(value, bool)
+                        and math.isfinite(value)):
+                    records.append((*fixed, step, metric, float(value)))
+    return pd.DataFrame(records, columns=["run", *keep, "step", "metric", "value"])
+
+
+def t_quantile(probability: float, dof: int) -> float:
+    """Student's t quantile (scipy)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(probability, dof))
+
+
+def aggregate(frame: pd.DataFrame, by: list[str] | str, metric: str = "test_accuracy",
+              confidence: float = 0.95) -> pd.DataFrame:
+    """Per group of `by`: `mean`, `std` (n-1), `count` of runs with a value (a
+    diverged run has none), `runs` (all of the group), `diverged`, and the
+    `confidence` interval of the mean over seeds, `ci_low`..`ci_high`: mean ±
+    t(n-1) · std / √n; NaN for a group of fewer than two values."""
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [c for c in [*by, metric] if c not in frame]
+    if missing:
+        raise KeyError(f"no column(s) {', '.join(missing)}; have {', '.join(frame.columns)}")
+    rows = []
+    for key, group in frame.groupby(by, dropna=False, sort=True):
+        values = pd.to_numeric(group[metric], errors="coerce").to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        n = len(values)
+        mean = float(values.mean()) if n else math.nan
+        std = float(values.std(ddof=1)) if n > 1 else math.nan
+        half = (t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+                if n > 1 else math.nan)
+        diverged = int((group["status"] == "diverged").sum()) if "status" in group else 0
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+                     "mean": mean, "std": std, "count": n, "runs": len(group),
+                     "diverged": diverged, "ci_low": mean - half, "ci_high": mean + half})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- plots
+
+def _axes(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4))
+    return ax
+
+
+def plot_vs_batch_size(runs: pd.DataFrame, metric: str = "test_accuracy",
+                       x: str = "batch_size", hue: str = "norm", ax=None):
+    """The Group Norm paper's Figure 1: the metric against the batch size (log 2
+    axis), one line per norm, mean over seeds with its 95% interval."""
+    ax = _axes(ax)
+    table = aggregate(runs, [hue, x], metric)
+    for name, group in table.groupby(hue, sort=True):
+        group = group.sort_values(x)
+        ax.plot(group[x], group["mean"], marker="o", label=str(name))
+        ax.fill_between(group[x], group["ci_low"], group["ci_high"], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    values = sorted(table[x].unique())
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(title=hue)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_lr_sensitivity(runs: pd.DataFrame, metric: str = "test_accuracy",
+                        x: str = "learning_rate", hue: str = "norm", ax=None):
+    """The metric against the learning rate (log axis), one line per norm, mean
+    over seeds with its 95% interval; each diverged run is an × on the axis floor."""
+    ax = _axes(ax)
+    table = aggregate(runs, [hue, x], metric)
+    colors = {}
+    for name, group in table.groupby(hue, sort=True):
+        group = group.sort_values(x)
+        line, = ax.plot(group[x], group["mean"], marker="o", label=str(name))
+        colors[name] = line.get_color()
+        ax.fill_between(group[x], group["ci_low"], group["ci_high"], alpha=0.2,
+                        color=line.get_color())
+    diverged = runs[runs["status"] == "diverged"]
+    if len(diverged):
+        floor = ax.get_ylim()[0]
+        for name, group in diverged.groupby(hue):
+            ax.scatter(group[x], [floor] * len(group), marker="x", s=60,
+                       color=colors.get(name, "k"), clip_on=False,
+                       label=f"{name}: diverged")
+    ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(title=hue)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_curves(curves: pd.DataFrame, metric: str = "train_loss", hue: str = "norm",
+                ax=None, log_y: bool = False):
+    """A metric over steps, one line per `hue` value: the mean over the group's
+    runs (seeds) and a band from their minimum to their maximum."""
+    ax = _axes(ax)
+    data = curves[curves["metric"] == metric]
+    for name, group in data.groupby(hue, sort=True):
+        stats = group.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
+        line, = ax.plot(stats["step"], stats["mean"], label=str(name))
+        ax.fill_between(stats["step"], stats["min"], stats["max"], alpha=0.2,
+                        color=line.get_color())
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(title=hue)
+    ax.grid(alpha=0.3)
+    return ax

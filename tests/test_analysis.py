@@ -1,0 +1,122 @@
+"""bnlab.analysis: tracking directories as DataFrames, aggregation, plots, ls exports."""
+
+import math
+import subprocess
+import sys
+
+import matplotlib
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+from bnlab import analysis, sweep, tracking
+from bnlab.config import load_config_file
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """A real sweep: bn and gn × 2 seeds, plus one diverging run (no norm, lr 1e6),
+    12 steps each on synthetic data."""
+    workdir = tmp_path_factory.mktemp("sweep")
+    base = load_config_file(ROOT / "configs" / "default.py")
+    base.update(dataset="synthetic", batch_size=16, num_steps=12, log_every=4)
+    grid = sweep.chain(sweep.product(sweep.axis("norm", ["bn", "gn"]), sweep.axis("seed", [0, 1])),
+                       [{"norm": "none", "learning_rate": 1e6, "seed": 0}])
+    runs = sweep.plan(base, grid)
+    launch = sweep.write_plan(workdir, runs, {})
+    sweep.work(workdir, launch)
+    return workdir
+
+
+def test_aggregate_matches_hand_computed_intervals():
+    frame = pd.DataFrame({
+        "norm": ["bn", "bn", "bn", "gn", "gn", "none"],
+        "status": ["done", "done", "done", "done", "diverged", "done"],
+        "test_accuracy": [0.80, 0.90, 0.85, 0.70, None, 0.5]})
+    table = analysis.aggregate(frame, "norm").set_index("norm")
+    # bn: mean 0.85, sample std 0.05, n 3; t(0.975, 2) = 4.302652729911275 (tables).
+    half = 4.302652729911275 * 0.05 / math.sqrt(3)
+    assert table.loc["bn", "mean"] == pytest.approx(0.85)
+    assert table.loc["bn", "std"] == pytest.approx(0.05)
+    assert table.loc["bn", "count"] == 3
+    assert table.loc["bn", "ci_low"] == pytest.approx(0.85 - half)
+    assert table.loc["bn", "ci_high"] == pytest.approx(0.85 + half)
+    # gn: the diverged run has no value; one value gives no interval.
+    assert table.loc["gn", ["count", "runs", "diverged"]].tolist() == [1, 2, 1]
+    assert table.loc["gn", "mean"] == pytest.approx(0.70)
+    assert math.isnan(table.loc["gn", "ci_low"])
+    # A 90% interval with two groups: t(0.95, 1) = 6.313751514675043 (tables).
+    two = pd.DataFrame({"norm": ["bn"] * 2, "lr": [0.1] * 2, "status": ["done"] * 2,
+                        "loss": [1.0, 2.0]})
+    row = analysis.aggregate(two, ["norm", "lr"], "loss", confidence=0.90).iloc[0]
+    assert row["ci_high"] == pytest.approx(1.5 + 6.313751514675043 * math.sqrt(0.5) /
+                                           math.sqrt(2))
+    with pytest.raises(KeyError, match="no column"):
+        analysis.aggregate(frame, "depth")
+
+
+def test_load_runs_has_a_row_per_run_with_config_and_summary(sweep_dir):
+    runs = analysis.load_runs(sweep_dir)
+    assert len(runs) == 5
+    assert sorted(runs["status"]) == ["diverged", "done", "done", "done", "done"]
+    assert {"norm", "batch_size", "norm_batch_size", "learning_rate", "seed",
+            "test_accuracy", "steps_per_s", "sweep", "path"} <= set(runs.columns)
+    bn = runs[runs["norm"] == "bn"]
+    assert set(bn["norm_batch_size"]) == {16} and set(bn["seed"]) == {0, 1}
+    for row in runs.to_dict("records"):
+        summary = tracking.read_json(f"{row['path']}/summary.json")
+        assert row["test_accuracy"] == summary["test_accuracy"] or (
+            summary["test_accuracy"] is None and pd.isna(row["test_accuracy"]))
+    # The same rows from the sweep's parent folder, and from one run's folder.
+    assert len(analysis.load_runs(sweep_dir.parent)) >= 5
+    one = analysis.load_runs(runs["path"].iloc[0])
+    assert len(one) == 1 and one["run"].iloc[0] == runs["run"].iloc[0]
+    with pytest.raises(FileNotFoundError):
+        analysis.load_runs(sweep_dir / "launches")
+
+
+def test_load_curves_is_long_format(sweep_dir):
+    curves = analysis.load_curves(sweep_dir, metrics=["train_loss", "test_accuracy"])
+    assert set(curves["metric"]) == {"train_loss", "test_accuracy"}
+    bn0 = curves[(curves["norm"] == "bn") & (curves["seed"] == 0)]
+    run_dir = analysis.load_runs(sweep_dir).query("norm == 'bn' and seed == 0")["path"].iloc[0]
+    rows = tracking.read_metrics(f"{run_dir}/metrics.jsonl")
+    losses = bn0[bn0["metric"] == "train_loss"].sort_values("step")
+    assert losses["step"].tolist() == [r["step"] for r in rows] == [4, 8, 12]
+    assert losses["value"].tolist() == pytest.approx([r["train_loss"] for r in rows])
+
+
+def test_plots_draw_what_they_are_given(sweep_dir):
+    runs = analysis.load_runs(sweep_dir)
+    ax = analysis.plot_vs_batch_size(runs[runs["norm"] != "none"])
+    assert sorted(line.get_label() for line in ax.get_lines()) == ["bn", "gn"]
+    ax = analysis.plot_lr_sensitivity(runs)
+    assert any("diverged" in (c.get_label() or "") for c in ax.collections)
+    curves = analysis.load_curves(sweep_dir, metrics=["train_loss"])
+    ax = analysis.plot_curves(curves[curves["norm"] != "none"], "train_loss")
+    means = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    expected = curves[(curves["norm"] == "bn")].groupby("step")["value"].mean()
+    assert list(means["bn"]) == pytest.approx(expected.tolist())
+
+
+def test_ls_exports_csv_and_parquet(sweep_dir, tmp_path):
+    def ls(*args):
+        return subprocess.run([sys.executable, "-m", "bnlab", "ls", str(sweep_dir), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    result = ls("--format", "csv")
+    assert result.returncode == 0, result.stderr
+    from io import StringIO
+
+    table = pd.read_csv(StringIO(result.stdout))
+    assert len(table) == 5 and {"norm", "seed", "test_accuracy"} <= set(table.columns)
+    result = ls("--format", "parquet", "--out", str(tmp_path / "runs.parquet"))
+    assert result.returncode == 0, result.stderr
+    parquet = pd.read_parquet(tmp_path / "runs.parquet")
+    assert sorted(parquet["run"]) == sorted(table["run"])
+    result = ls("--format", "parquet")
+    assert result.returncode == 2 and "needs --out" in result.stderr
+    result = ls("--format", "xml")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
