@@ -211,3 +211,45 @@ def plot_curves(curves: pd.DataFrame, metric: str = "train_loss", hue: str = "no
     ax.legend(title=hue)
     ax.grid(alpha=0.3)
     return ax
+
+
+def grad_norm_profile(curves: pd.DataFrame, hue: str = "norm",
+                      step: int | None = None) -> pd.DataFrame:
+    """Per-layer gradient norms (runs trained with `log_grad_norms`) at `step` (the
+    last step each run logged, by default): one row per (hue, layer) with the
+    layer's `position` (input side first), mean over runs, min and max."""
+    from bnlab.train import layer_names
+
+    data = curves[curves["metric"].str.startswith("grad_norm/")].copy()
+    if data.empty:
+        raise ValueError("no grad_norm/ metrics: train with --config.log_grad_norms=True")
+    last = data.groupby("run")["step"].transform("max") if step is None else step
+    data = data[data["step"] == last]
+    data["layer"] = data["metric"].str.slice(len("grad_norm/"))
+    order = {name: i for i, name in enumerate(layer_names(set(data["layer"])))}
+    table = data.groupby([hue, "layer"])["value"].agg(["mean", "min", "max"]).reset_index()
+    table["position"] = table["layer"].map(order)
+    return table.sort_values([hue, "position"]).reset_index(drop=True)
+
+
+def plot_grad_norms(curves: pd.DataFrame, hue: str = "norm", step: int | None = None,
+                    ax=None, layers: str | None = None):
+    """Each layer's gradient norm against its position, one line per `hue` value,
+    log scale: vanishing or exploding gradients show as a slope. `layers`: a
+    regular expression on layer names to keep (e.g. "Conv" for the conv layers)."""
+    ax = _axes(ax)
+    table = grad_norm_profile(curves, hue, step)
+    if layers:
+        table = table[table["layer"].str.contains(layers)]
+    for name, group in table.groupby(hue, sort=True):
+        line, = ax.plot(group["position"], group["mean"], marker="o", label=str(name))
+        ax.fill_between(group["position"], group["min"], group["max"], alpha=0.2,
+                        color=line.get_color())
+    ticks = table.drop_duplicates("position").sort_values("position")
+    ax.set_xticks(ticks["position"], ticks["layer"], rotation=90, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (input → output)")
+    ax.set_ylabel("gradient L2 norm")
+    ax.legend(title=hue)
+    ax.grid(alpha=0.3)
+    return ax

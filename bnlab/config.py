@@ -95,6 +95,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, "bn_eval", bool(modes) and set(modes) <= {"ema", "precise", "batch"},
              "a comma list of: ema, precise, batch")
     _positive_int(config, "precise_bn_batches")
+    _require(config, "log_grad_norms", isinstance(config.get("log_grad_norms", False), bool),
+             "True or False")
     if config.target_accuracy is not None:
         _require(config, "target_accuracy", 0 < config.target_accuracy <= 1,
                  "must be in (0, 1]")

@@ -165,6 +165,10 @@ class RunWriter:
         (self.run_dir / "summary.json").unlink(missing_ok=True)
         for old in self.run_dir.glob("events.out.tfevents.*"):
             old.unlink()
+        # Temp files of atomic writes that a killed attempt left half-done: this run is
+        # ours now (claimed, or a plain `train`), so nobody else is writing them.
+        for old in self.run_dir.glob(".*.tmp"):
+            old.unlink(missing_ok=True)
         write_json_atomic(self.run_dir / "config.json", config)
         write_json_atomic(self.run_dir / "env.json", environment())
         self._status = {"status": "running", "started": _now(), "host": socket.gethostname(),

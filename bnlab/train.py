@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -201,10 +202,27 @@ class Steps:
     evaluate_packed: Any = None  # evaluate over members, on the same test batch
 
 
+def layer_names(params) -> list[str]:
+    """The top-level layers of a model's parameters in natural order (conv2 before
+    conv10): the order of `grad_norm` values."""
+    return sorted(params, key=lambda name: [int(t) if t.isdigit() else t
+                                            for t in re.split(r"(\d+)", name)])
+
+
+def grad_norms(grads) -> jax.Array:
+    """The L2 norm of each top-level layer's gradient, in `layer_names` order."""
+    return jnp.stack([jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
+                                   for g in jax.tree.leaves(grads[name])))
+                      for name in layer_names(grads)])
+
+
 @functools.lru_cache(maxsize=64)
-def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout) -> Steps:
+def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout,
+                   log_grad_norms: bool = False) -> Steps:
     """Compiled steps shared by every run with the same model, optimizer shape and
-    layout: learning rate, weight decay and seed are values, not part of the key."""
+    layout: learning rate, weight decay and seed are values, not part of the key.
+    With `log_grad_norms` the totals carry each layer's summed gradient norm
+    (`new_totals(len(layer_names(params)))`)."""
     tx = make_optimizer(spec)
 
     def init(rng, sample, learning_rate, weight_decay):
@@ -240,6 +258,8 @@ def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout) -> Steps
             # The first step whose loss was NaN/Inf, found without a host sync per step.
             "diverged_step": jnp.where(bad & (totals["diverged_step"] < 0), state.step,
                                        totals["diverged_step"]),
+            "grad_norm": (totals["grad_norm"] + grad_norms(grads) if log_grad_norms
+                          else totals["grad_norm"]),
         }
         new_state = TrainState(state.step + 1, params,
                                updates.get("batch_stats", state.batch_stats), opt_state)
@@ -293,10 +313,13 @@ def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout) -> Steps
         evaluate_packed=jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None))))
 
 
-def new_totals() -> dict[str, jax.Array]:
+def new_totals(grad_layers: int = 0) -> dict[str, jax.Array]:
+    """What a train step adds up between logs; `grad_layers`: the number of layers
+    whose gradient norms are logged (0 without `log_grad_norms`)."""
     return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
             "count": jnp.zeros((), jnp.int32), "steps": jnp.zeros((), jnp.int32),
-            "diverged_step": jnp.full((), -1, jnp.int32)}
+            "diverged_step": jnp.full((), -1, jnp.int32),
+            "grad_norm": jnp.zeros((grad_layers,), jnp.float32)}
 
 
 def evaluate(steps: Steps, layout: parallel.Layout, state: TrainState, dataset: data.Dataset,
@@ -420,11 +443,12 @@ def _final_bn_evaluations(run: Prepared, steps: Steps, state: TrainState) -> dic
 def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Checkpoints | None,
            start_step: int, previous: list[dict[str, Any]]) -> dict[str, Any]:
     config, layout = run.config, run.layout
-    steps = step_functions(run.model, run.optimizer, layout)
+    steps = step_functions(run.model, run.optimizer, layout, config.log_grad_norms)
     sample = jnp.zeros((config.batch_size // layout.num_devices,) + run.train_set.image_shape,
                        jnp.float32)
     state = steps.init(jax.random.key(config.seed), sample, config.learning_rate,
                        config.weight_decay)
+    names = layer_names(state.params) if config.log_grad_norms else []
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     if start_step:
         state = checkpoints.restore(start_step, jax.device_get(state))
@@ -442,7 +466,7 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
     else:
         batches = data.train_batches(run.train_set, config.batch_size, config.seed,
                                      config.augment, start_step=start_step)
-    totals = layout.replicate(new_totals())
+    totals = layout.replicate(new_totals(len(names)))
     # The time column goes on from where the interrupted attempt left it.
     start = time.perf_counter() - (previous[-1].get("time", 0.0) if previous else 0.0)
     attempt_start = time.perf_counter()
@@ -479,9 +503,9 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
             if step % config.log_every and not is_last:
                 continue
             host = layout.fetch(totals)
-            totals = layout.replicate(new_totals())
+            totals = layout.replicate(new_totals(len(names)))
             row = _train_row(host, config.learning_rate * float(factor(step - 1)),
-                             time.perf_counter() - start)
+                             time.perf_counter() - start, names)
             if host["diverged_step"] >= 0:
                 diverged_step = int(host["diverged_step"]) + 1  # steps count from 1
                 writer.log(step, {**row, "train_loss": float("nan")})
@@ -515,11 +539,15 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
                      first_call_steps, "eval_s": eval_s})
 
 
-def _train_row(host: dict[str, Any], learning_rate: float, elapsed: float) -> dict[str, Any]:
+def _train_row(host: dict[str, Any], learning_rate: float, elapsed: float,
+               names: list[str]) -> dict[str, Any]:
     """A metrics row from the totals since the last log (one member's, when packed)."""
-    return {"train_loss": float(host["loss"]) / max(1, host["steps"]),
+    steps = max(1, int(host["steps"]))
+    return {"train_loss": float(host["loss"]) / steps,
             "train_accuracy": float(host["correct"]) / max(1, host["count"]),
-            "learning_rate": learning_rate, "time": elapsed}
+            "learning_rate": learning_rate, "time": elapsed,
+            **{f"grad_norm/{name}": float(value) / steps
+               for name, value in zip(names, host["grad_norm"], strict=True)}}
 
 
 def _summary(config, train_examples: int, steps_done: int, diverged_step: int | None,
@@ -624,15 +652,16 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
     members diverge or finish, so the caller knows whose writer to fail on a crash."""
     run, count_members = members[0], len(members)
     config = run.config
-    steps = step_functions(run.model, run.optimizer, run.layout)
+    steps = step_functions(run.model, run.optimizer, run.layout, config.log_grad_norms)
     sample = jnp.zeros((config.batch_size,) + run.train_set.image_shape, jnp.float32)
     seeds = jnp.asarray([m.config.seed for m in members])
     state = steps.init_packed(jax.vmap(jax.random.key)(seeds), sample,
                               jnp.asarray([m.config.learning_rate for m in members]),
                               jnp.asarray([m.config.weight_decay for m in members]))
     num_params = sum(x.size for x in jax.tree.leaves(state.params)) // count_members
+    names = layer_names(state.params) if config.log_grad_norms else []
     zero_totals = jax.tree.map(lambda x: jnp.broadcast_to(x, (count_members,) + x.shape),
-                               new_totals())
+                               new_totals(len(names)))
     totals = zero_totals
     factor = schedule_factor(run.optimizer)
     eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
@@ -689,7 +718,7 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
             for i in list(live):
                 member = jax.tree.map(lambda x, i=i: x[i], host)
                 row = _train_row(member, members[i].config.learning_rate
-                                 * float(factor(step - 1)), time.perf_counter() - start)
+                                 * float(factor(step - 1)), time.perf_counter() - start, names)
                 if member["diverged_step"] >= 0:
                     diverged[i] = int(member["diverged_step"]) + 1
                     writers[i].log(step, {**row, "train_loss": float("nan")})

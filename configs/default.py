@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every = 50
     config.eval_every = placeholder(int)  # steps; the test set is always evaluated at the end
     config.target_accuracy = placeholder(float)  # record steps to this test accuracy
+    # Diagnostics in metrics.jsonl: grad_norm/LAYER, the L2 norm of each top-level
+    # layer's gradient, averaged over the steps since the last log.
+    config.log_grad_norms = False
     # Orbax checkpoint every n steps (a multiple of log_every); an interrupted run
     # (killed, preempted) resumes from the latest one when relaunched.
     config.checkpoint_every = placeholder(int)

@@ -33,3 +33,25 @@ def synthetic_config(small_config):
     config.dataset = "synthetic"
     config.train_size = None
     return config
+
+
+@pytest.fixture(scope="session")
+def analysis_sweep(tmp_path_factory):
+    """A real sweep for the analysis tests and the notebooks: bn and gn at batch 4
+    and 16 (learning rate zipped with batch) × seeds 0, 1, with gradient norms
+    logged, plus no norm at lr 0.05 and at lr 1e6 (which diverges): 10 runs of 10
+    steps on synthetic data."""
+    from bnlab import sweep
+
+    workdir = tmp_path_factory.mktemp("analysis_sweep")
+    base = load_config_file(ROOT / "configs" / "default.py")
+    base.update(dataset="synthetic", num_steps=10, log_every=5, log_grad_norms=True)
+    grid = sweep.chain(
+        sweep.product(sweep.axis("norm", ["bn", "gn"]),
+                      sweep.zipped(batch_size=[4, 16], learning_rate=[0.0125, 0.05]),
+                      sweep.axis("seed", [0, 1])),
+        sweep.product(sweep.axis("norm", ["none"]), sweep.axis("batch_size", [16]),
+                      sweep.axis("learning_rate", [0.05, 1e6]), sweep.axis("seed", [0])))
+    launch = sweep.write_plan(workdir, sweep.plan(base, grid), {})
+    sweep.work(workdir, launch)
+    return workdir

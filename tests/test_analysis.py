@@ -9,25 +9,14 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from bnlab import analysis, sweep, tracking
-from bnlab.config import load_config_file
+from bnlab import analysis, tracking
 
 matplotlib.use("Agg")
 
 
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
-    """A real sweep: bn and gn × 2 seeds, plus one diverging run (no norm, lr 1e6),
-    12 steps each on synthetic data."""
-    workdir = tmp_path_factory.mktemp("sweep")
-    base = load_config_file(ROOT / "configs" / "default.py")
-    base.update(dataset="synthetic", batch_size=16, num_steps=12, log_every=4)
-    grid = sweep.chain(sweep.product(sweep.axis("norm", ["bn", "gn"]), sweep.axis("seed", [0, 1])),
-                       [{"norm": "none", "learning_rate": 1e6, "seed": 0}])
-    runs = sweep.plan(base, grid)
-    launch = sweep.write_plan(workdir, runs, {})
-    sweep.work(workdir, launch)
-    return workdir
+@pytest.fixture
+def sweep_dir(analysis_sweep):
+    return analysis_sweep
 
 
 def test_aggregate_matches_hand_computed_intervals():
@@ -59,18 +48,19 @@ def test_aggregate_matches_hand_computed_intervals():
 
 def test_load_runs_has_a_row_per_run_with_config_and_summary(sweep_dir):
     runs = analysis.load_runs(sweep_dir)
-    assert len(runs) == 5
-    assert sorted(runs["status"]) == ["diverged", "done", "done", "done", "done"]
+    assert len(runs) == 10
+    assert sorted(runs["status"]) == ["diverged"] + ["done"] * 9
     assert {"norm", "batch_size", "norm_batch_size", "learning_rate", "seed",
             "test_accuracy", "steps_per_s", "sweep", "path"} <= set(runs.columns)
     bn = runs[runs["norm"] == "bn"]
-    assert set(bn["norm_batch_size"]) == {16} and set(bn["seed"]) == {0, 1}
+    assert sorted(bn["norm_batch_size"]) == [4, 4, 16, 16] and set(bn["seed"]) == {0, 1}
+    assert set(runs.loc[runs["norm"] == "gn", "norm_batch_size"]) == {1}
     for row in runs.to_dict("records"):
         summary = tracking.read_json(f"{row['path']}/summary.json")
         assert row["test_accuracy"] == summary["test_accuracy"] or (
             summary["test_accuracy"] is None and pd.isna(row["test_accuracy"]))
     # The same rows from the sweep's parent folder, and from one run's folder.
-    assert len(analysis.load_runs(sweep_dir.parent)) >= 5
+    assert len(analysis.load_runs(sweep_dir.parent)) >= 10
     one = analysis.load_runs(runs["path"].iloc[0])
     assert len(one) == 1 and one["run"].iloc[0] == runs["run"].iloc[0]
     with pytest.raises(FileNotFoundError):
@@ -80,17 +70,18 @@ def test_load_runs_has_a_row_per_run_with_config_and_summary(sweep_dir):
 def test_load_curves_is_long_format(sweep_dir):
     curves = analysis.load_curves(sweep_dir, metrics=["train_loss", "test_accuracy"])
     assert set(curves["metric"]) == {"train_loss", "test_accuracy"}
-    bn0 = curves[(curves["norm"] == "bn") & (curves["seed"] == 0)]
-    run_dir = analysis.load_runs(sweep_dir).query("norm == 'bn' and seed == 0")["path"].iloc[0]
-    rows = tracking.read_metrics(f"{run_dir}/metrics.jsonl")
-    losses = bn0[bn0["metric"] == "train_loss"].sort_values("step")
-    assert losses["step"].tolist() == [r["step"] for r in rows] == [4, 8, 12]
+    pick = "norm == 'bn' and seed == 0 and batch_size == 4"
+    run = analysis.load_runs(sweep_dir).query(pick).iloc[0]
+    rows = tracking.read_metrics(f"{run['path']}/metrics.jsonl")
+    losses = curves.query(pick + " and metric == 'train_loss'").sort_values("step")
+    assert losses["step"].tolist() == [r["step"] for r in rows] == [5, 10]
     assert losses["value"].tolist() == pytest.approx([r["train_loss"] for r in rows])
 
 
 def test_plots_draw_what_they_are_given(sweep_dir):
     runs = analysis.load_runs(sweep_dir)
     ax = analysis.plot_vs_batch_size(runs[runs["norm"] != "none"])
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[4, 16], [4, 16]]
     assert sorted(line.get_label() for line in ax.get_lines()) == ["bn", "gn"]
     ax = analysis.plot_lr_sensitivity(runs)
     assert any("diverged" in (c.get_label() or "") for c in ax.collections)
@@ -99,6 +90,10 @@ def test_plots_draw_what_they_are_given(sweep_dir):
     means = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
     expected = curves[(curves["norm"] == "bn")].groupby("step")["value"].mean()
     assert list(means["bn"]) == pytest.approx(expected.tolist())
+    profile = analysis.grad_norm_profile(analysis.load_curves(sweep_dir))
+    bn = profile[profile["norm"] == "bn"]
+    assert bn["layer"].tolist() == ["conv1", "conv2", "fc1", "fc2", "norm1", "norm2"]
+    assert bn["position"].tolist() == list(range(6)) and (bn["mean"] > 0).all()
 
 
 def test_ls_exports_csv_and_parquet(sweep_dir, tmp_path):
@@ -111,7 +106,7 @@ def test_ls_exports_csv_and_parquet(sweep_dir, tmp_path):
     from io import StringIO
 
     table = pd.read_csv(StringIO(result.stdout))
-    assert len(table) == 5 and {"norm", "seed", "test_accuracy"} <= set(table.columns)
+    assert len(table) == 10 and {"norm", "seed", "test_accuracy"} <= set(table.columns)
     result = ls("--format", "parquet", "--out", str(tmp_path / "runs.parquet"))
     assert result.returncode == 0, result.stderr
     parquet = pd.read_parquet(tmp_path / "runs.parquet")

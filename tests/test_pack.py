@@ -5,9 +5,11 @@ import dataclasses
 import math
 
 import pytest
+from conftest import ROOT
 from test_sweep import _assert_every_run_finished_once, _bnlab, _events, _sweep_file
 
-from bnlab import tracking, train
+from bnlab import sweep, tracking, train
+from bnlab.config import load_config_file
 
 # Packed runs compute convolutions as shifted matmuls (models.Conv); the reference is
 # the same run unpacked with the same convolution, so only vmap's batching differs:
@@ -50,8 +52,8 @@ def _compare_rows(packed_dir, single_dir, test_size):
 
 
 def test_packed_members_equal_the_same_runs_one_by_one(small_config, tmp_path):
-    small_config.bn_eval = "ema,precise,batch"
-    small_config.precise_bn_batches = 5
+    small_config.update(bn_eval="ema,precise,batch", precise_bn_batches=5, test_size=500,
+                        num_steps=15)
     configs = _members(small_config, [{"learning_rate": 0.05, "weight_decay": 0.0, "seed": 0},
                                       {"learning_rate": 0.2, "weight_decay": 5e-4, "seed": 1},
                                       {"learning_rate": 0.01, "weight_decay": 0.0, "seed": 2}])
@@ -106,9 +108,12 @@ def test_a_packed_sweep_writes_every_run_once_with_its_own_metrics(tmp_path):
         config = tracking.read_json(run_dir / "config.json")
         rows = tracking.read_metrics(run_dir / "metrics.jsonl")
         assert rows[0]["learning_rate"] == pytest.approx(config["learning_rate"])
-    # Without --pack_on_cpu, --pack on a CPU backend runs them one by one.
-    result = _bnlab("sweep", str(_sweep_file(tmp_path, steps=20)), "--workdir",
-                    str(tmp_path / "w2"), "--pack")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "slower" in result.stdout
+    # Without pack_on_cpu, pack on a CPU backend runs them one by one.
+    assert not train.packing_pays()
+    base = load_config_file(ROOT / "configs" / "default.py")
+    base.update(dataset="synthetic", batch_size=16, num_steps=4, log_every=2)
+    launch = sweep.write_plan(tmp_path / "w2", sweep.plan(
+        base, sweep.axis("learning_rate", [0.01, 0.02])), {})
+    sweep.work(tmp_path / "w2", launch, pack=True)
+    _assert_every_run_finished_once(tmp_path / "w2", 2)
     assert all("packed" not in e for e in _events(tmp_path / "w2"))

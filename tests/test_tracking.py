@@ -100,3 +100,14 @@ def test_a_killed_run_leaves_no_summary(tmp_path):
     assert not (run_dir / "summary.json").exists()
     assert len(tracking.read_metrics(run_dir / "metrics.jsonl")) >= 3
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_new_attempt_removes_temp_files_a_killed_one_left(tmp_path):
+    # A SIGKILL between mkstemp and rename leaves .NAME.XXXX.tmp behind.
+    (tmp_path / ".config.json.k1ll3d.tmp").write_text('{"half": ')
+    (tmp_path / ".status.json.k1ll3d.tmp").write_text("")
+    writer = tracking.RunWriter(tmp_path)
+    writer.start({"seed": 0}, {"seed": 0})
+    writer.finish("done", {"step": 0})
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert tracking.read_json(tmp_path / "config.json") == {"seed": 0}

@@ -185,3 +185,36 @@ def test_fused_steps_train_like_one_step_per_call(small_config, tmp_path):
                                    rtol=1e-5)
         assert [r["step"] for r in _rows(tmp_path / f"k{k}")] == list(range(2, 11, 2))
         assert fused["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1e-3)
+
+
+def test_logged_gradient_norms_equal_a_hand_computed_gradient(small_config, tmp_path):
+    """log_grad_norms with log_every=1: step 1's grad_norm/LAYER is the L2 norm of
+    that layer's gradient at the initial parameters on the first batch, computed
+    here with jax.grad and NumPy, outside bnlab's train step."""
+    from bnlab import data
+
+    small_config.update(log_grad_norms=True, log_every=1, num_steps=2, norm="bn")
+    run = train.prepare(small_config)
+    train.run_prepared(run, str(tmp_path))
+    first = _rows(tmp_path)[0]
+    variables = run.model.init(jax.random.key(small_config.seed),
+                               jnp.zeros((32,) + run.train_set.image_shape), train=True)
+    images, labels = next(data.train_batches(run.train_set, 32, small_config.seed))
+
+    def loss(params):
+        logits, _ = run.model.apply({"params": params,
+                                     "batch_stats": variables["batch_stats"]},
+                                    images, train=True, mutable=["batch_stats"])
+        log_p = jax.nn.log_softmax(logits)
+        return -jnp.mean(log_p[jnp.arange(len(labels)), labels])
+
+    grads = jax.grad(loss)(variables["params"])
+    expected = {name: math.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2))
+                                    for g in jax.tree.leaves(grads[name])))
+                for name in grads}
+    logged = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("grad_norm/")}
+    assert set(logged) == {"conv1", "conv2", "fc1", "fc2", "norm1", "norm2"}
+    for name, value in expected.items():
+        assert logged[name] == pytest.approx(value, rel=1e-4), name
+    assert train.layer_names({"Conv_10": 0, "Conv_2": 0, "Dense_0": 0}) == [
+        "Conv_2", "Conv_10", "Dense_0"]  # depth order for plain_cnn's layers

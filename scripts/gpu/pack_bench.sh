@@ -2,10 +2,7 @@
 # The packing benchmark alone (16 members at batch 8, 128 at batch 2), for the
 # device tool:  run(command="bash scripts/gpu/pack_bench.sh", carry=[".whl"], timeout_s=150)
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-OUT=${OUT:-/tmp/out}
-nvidia-smi -L | tee "$OUT/log.txt"
+source scripts/gpu/setup.sh
 python3 - 2>&1 <<'PY' | grep -v "^W1126\|cuda_timer" | tee -a "$OUT/log.txt"
 import os
 from bnlab import bench

@@ -4,11 +4,7 @@
 # packed result is from its unpacked twin.
 #   run(command="bash scripts/gpu/pack_sweep.sh", carry=[".whl", ".data"], timeout_s=300)
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site BNLAB_DATA_DIR=$PWD/.data PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-OUT=${OUT:-/tmp/out}
-LOG="$OUT/log.txt"
-nvidia-smi -L | tee "$LOG"
+source scripts/gpu/setup.sh
 for variant in packed unpacked; do
   flags=$([ $variant = packed ] && echo --pack)
   start=$(date +%s)

@@ -4,11 +4,7 @@
 # timeout still brings back what finished; a failing step does not stop the rest.
 #   run(command="bash scripts/gpu/session.sh", carry=[".whl", ".data"], timeout_s=540)
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site BNLAB_DATA_DIR=$PWD/.data PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-OUT=${OUT:-/tmp/out}
-LOG="$OUT/log.txt"
-nvidia-smi -L | tee "$LOG"
+source scripts/gpu/setup.sh
 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__,
   'optax', optax.__version__, 'torch', torch.__version__, jax.devices())" 2>&1 | tee -a "$LOG"
 step() { echo "=== $* ($(date +%T))" | tee -a "$LOG"; "$@" 2>&1 | grep -v "^\s*$" | tail -40 | tee -a "$LOG"; }
