@@ -137,6 +137,21 @@ def aggregate(frame: pd.DataFrame, by: list[str] | str, metric: str = "test_accu
 
 # ---------------------------------------------------------------- plots
 
+def _band(ax, x, table: pd.DataFrame, metric: str, color) -> None:
+    """The interval as a band; for an accuracy, drawn inside [0, 1] (a t interval
+    over 3 seeds with one outlier can reach past both ends)."""
+    low, high = table["ci_low"], table["ci_high"]
+    if "accuracy" in metric:
+        low, high = low.clip(0, 1), high.clip(0, 1)
+    ax.fill_between(x, low, high, alpha=0.2, color=color)
+
+
+def _seeds(ax, runs: pd.DataFrame, x: str, metric: str, color) -> None:
+    """Each run's own value, small and faint, beside the mean."""
+    values = pd.to_numeric(runs[metric], errors="coerce")
+    ax.scatter(runs[x], values, s=10, alpha=0.4, color=color, zorder=3)
+
+
 def _axes(ax):
     if ax is None:
         import matplotlib.pyplot as plt
@@ -148,13 +163,15 @@ def _axes(ax):
 def plot_vs_batch_size(runs: pd.DataFrame, metric: str = "test_accuracy",
                        x: str = "batch_size", hue: str = "norm", ax=None):
     """The Group Norm paper's Figure 1: the metric against the batch size (log 2
-    axis), one line per norm, mean over seeds with its 95% interval."""
+    axis), one line per norm, mean over seeds with its 95% interval, and each
+    run's own value as a faint dot."""
     ax = _axes(ax)
     table = aggregate(runs, [hue, x], metric)
     for name, group in table.groupby(hue, sort=True):
         group = group.sort_values(x)
-        ax.plot(group[x], group["mean"], marker="o", label=str(name))
-        ax.fill_between(group[x], group["ci_low"], group["ci_high"], alpha=0.2)
+        line, = ax.plot(group[x], group["mean"], marker="o", label=str(name))
+        _band(ax, group[x], group, metric, line.get_color())
+        _seeds(ax, runs[runs[hue] == name], x, metric, line.get_color())
     ax.set_xscale("log", base=2)
     values = sorted(table[x].unique())
     ax.set_xticks(values, [str(v) for v in values])
@@ -176,8 +193,9 @@ def plot_lr_sensitivity(runs: pd.DataFrame, metric: str = "test_accuracy",
         group = group.sort_values(x)
         line, = ax.plot(group[x], group["mean"], marker="o", label=str(name))
         colors[name] = line.get_color()
-        ax.fill_between(group[x], group["ci_low"], group["ci_high"], alpha=0.2,
-                        color=line.get_color())
+        _band(ax, group[x], group, metric, line.get_color())
+        _seeds(ax, runs[(runs[hue] == name) & (runs["status"] != "diverged")], x, metric,
+               line.get_color())
     diverged = runs[runs["status"] == "diverged"]
     if len(diverged):
         floor = ax.get_ylim()[0]
