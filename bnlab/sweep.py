@@ -253,11 +253,11 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
     bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
     for group in _groups(workdir, run_ids, pack_size if pack else 1):
         claimed = [run_id for run_id in group if _claimable(workdir, run_id, launch_id)]
-        bar.update(len(group))
         if len(claimed) > 1:
             _run_packed(workdir, claimed, launch_id)
         elif claimed:
             _run_one(workdir, claimed[0], launch_id)
+        bar.update(len(group))  # seen: run here, or left to whoever holds them
     bar.close()
     return {k: train.TRACE_COUNTS[k] - before[k] for k in before}
 

@@ -598,9 +598,9 @@ def pack_key(config: ml_collections.ConfigDict) -> str | None:
 
 def packing_pays() -> bool:
     """Whether packing is faster than one run after another on this backend. On the
-    2-core CPU it is not (16 SimpleCNN members at batch 8: 181 against 276
-    member-steps/s; vmapped convolutions become grouped ones, which XLA's CPU backend
-    runs slowly); `bnlab bench pack` measures it on any machine."""
+    2-core CPU it is not (16 SimpleCNN members at batch 8: 79 against 200
+    member-steps/s); on an H100 it is 24× faster. `bnlab bench pack` measures it on
+    any machine (docs/PERFORMANCE.md)."""
     return jax.default_backend() != "cpu"
 
 
