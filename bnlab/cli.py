@@ -30,6 +30,8 @@ commands:
           a relaunch skips finished runs and restarts interrupted ones
   ls      the status table of a tracking directory: ls DIR [--format table|csv|parquet]
           [--out FILE] (csv/parquet: every run's config and summary, one row each)
+  report  the article's claims judged from a tracking directory: report DIR [OUT_DIR]
+          (report.md, claims.json, a figure per claim; trains nothing)
   bench   speed: bench [step|norms|pack|load|all] [--models M,..] [--norms N,..]
           [--batch_sizes B,..] [--dtype float32|bfloat16] [--out FILE.json]
 
@@ -343,9 +345,25 @@ def bench_command(argv: list[str]) -> int:
     return 0
 
 
+def report_command(argv: list[str]) -> int:
+    """The claims' verdicts from a tracking directory (bnlab.claims), without training."""
+    if len(argv) not in (2, 3):
+        raise UsageError("usage: python -m bnlab report DIR [OUT_DIR]")
+    folder = Path(argv[1])
+    from bnlab import analysis, claims
+
+    if not folder.is_dir() or not analysis.run_dirs(folder):
+        raise UsageError(f"no runs under {folder}")
+    out = Path(argv[2]) if len(argv) == 3 else folder
+    for verdict in claims.write_report(folder, out):
+        print(f"{verdict.claim:4} {verdict.verdict:14} {verdict.effect}")
+    print(f"wrote {out / 'report.md'} and {out / 'claims.json'}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "sweep": sweep_command, "ls": ls_command,
-    "bench": bench_command, "_worker": worker_command}
+    "bench": bench_command, "report": report_command, "_worker": worker_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,8 +68,11 @@ def read_json(path: Path) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl as a list; a torn last line (a killed writer) is skipped."""
+    """metrics.jsonl as a list; a torn last line (a killed writer) is skipped, and a
+    run that has not logged yet (no file) has no rows."""
     rows = []
+    if not Path(path).is_file():
+        return rows
     with open(path) as f:
         for line in f:
             try:

@@ -1,0 +1,163 @@
+"""Claims: verdicts derived from the data. Synthetic tracking directories with
+known effects must give the matching verdict, NOT SUPPORTED and INCONCLUSIVE too."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from bnlab import analysis, claims, tracking
+
+
+def _write_runs(folder, rows):
+    """One run directory per row (config fields + summary metrics + status), as a
+    sweep writes them, without training."""
+    for i, row in enumerate(rows):
+        run_dir = folder / "runs" / f"run-{i:03d}"
+        run_dir.mkdir(parents=True)
+        config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model")
+                  if k in row}
+        status = row.get("status", "done")
+        tracking.write_json_atomic(run_dir / "config.json", config)
+        tracking.write_json_atomic(run_dir / "status.json", {"status": status})
+        summary = {"status": status, "test_accuracy": row.get("test_accuracy"),
+                   "train_accuracy": row.get("train_accuracy", row.get("test_accuracy"))}
+        tracking.write_json_atomic(run_dir / "summary.json", summary)
+    return analysis.load_runs(folder)
+
+
+def _grid(accuracy, norms, sizes=(32,), rates=(0.1,), seeds=(0, 1, 2), diverged=()):
+    """Rows whose test accuracy is accuracy(norm, batch, lr, seed)."""
+    return [{"norm": n, "batch_size": b, "learning_rate": r, "seed": s,
+             "test_accuracy": None if (n, r) in diverged else accuracy(n, b, r, s),
+             "status": "diverged" if (n, r) in diverged else "done"}
+            for n in norms for b in sizes for r in rates for s in seeds]
+
+
+NOISE = {0: -0.004, 1: 0.0, 2: 0.004}  # per seed: small, symmetric
+
+
+def test_contrast_matches_the_welch_interval_by_hand():
+    # Equal sizes and variances: ν = 2(n-1) = 4; t(0.975, 4) = 2.7764451051977987.
+    estimate = claims.contrast([(1, np.array([1.0, 2.0, 3.0])), (-1, np.array([4.0, 5.0, 6.0]))])
+    assert estimate.value == pytest.approx(-3.0)
+    assert estimate.dof == pytest.approx(4.0)
+    half = 2.7764451051977987 * math.sqrt(1 / 3 + 1 / 3)
+    assert (estimate.low, estimate.high) == pytest.approx((-3 - half, -3 + half))
+    assert math.isnan(claims.contrast([(1, np.array([1.0])), (-1, np.array([2.0, 3.0]))]).low)
+
+
+@pytest.mark.parametrize("bn_small,verdict", [
+    (0.70, claims.SUPPORTED),        # BN loses 15 points at batch 2, GN nothing
+    (0.85, claims.NOT_SUPPORTED),    # BN loses nothing
+    (None, claims.INCONCLUSIVE),     # seeds spread too wide to tell
+])
+def test_small_batch_verdicts(tmp_path, bn_small, verdict):
+    def accuracy(norm, batch, rate, seed):
+        if norm == "bn" and batch == 2:
+            return bn_small + NOISE[seed] if bn_small else [0.60, 0.85, 0.99][seed]
+        return 0.85 + NOISE[seed]
+
+    runs = _write_runs(tmp_path, _grid(accuracy, ("bn", "gn"), sizes=(2, 32)))
+    result = claims.small_batch_rule(runs)
+    assert result.verdict == verdict, result
+    if bn_small == 0.70:
+        assert result.estimate.value == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("none_diverges,seeds,verdict", [
+    ((0.3, 1.0), (0, 1, 2), claims.SUPPORTED),   # none trains up to 0.1, bn up to 1.0
+    ((), (0, 1, 2), claims.NOT_SUPPORTED),        # both train everywhere
+    ((0.3, 1.0), (0,), claims.INCONCLUSIVE),      # one seed is not evidence
+])
+def test_learning_rate_verdicts(tmp_path, none_diverges, seeds, verdict):
+    diverged = {("none", r) for r in none_diverges}
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn", "none"),
+                                       rates=(0.01, 0.03, 0.1, 0.3, 1.0), seeds=seeds,
+                                       diverged=diverged))
+    result = claims.learning_rate_rule(runs)
+    assert result.verdict == verdict, result
+    if verdict == claims.SUPPORTED:
+        assert result.details["highest_training_rate"] == {"bn": 1.0, "none": 0.1}
+
+
+@pytest.mark.parametrize("bn_accuracy,none_train,verdict", [
+    (0.88, 0.95, claims.SUPPORTED),       # higher test accuracy, narrower gap
+    (0.88, 0.87, claims.INCONCLUSIVE),    # higher test accuracy, but the gap is no narrower
+    (0.85, 0.95, claims.NOT_SUPPORTED),   # no better on the test set
+    (0.855, 0.95, claims.INCONCLUSIVE)])  # seeds spread too wide to tell
+def test_generalization_verdicts(tmp_path, bn_accuracy, none_train, verdict):
+    spread = NOISE if bn_accuracy != 0.855 else {0: -0.01, 1: 0.0, 2: 0.01}
+    rows = _grid(lambda n, b, r, s: (bn_accuracy if n == "bn" else 0.85) + spread[s],
+                 ("bn", "none"))
+    for row in rows:  # BN fits its training batches 2 points above its test accuracy
+        row["train_accuracy"] = (row["test_accuracy"] + 0.02 if row["norm"] == "bn"
+                                 else none_train - 0.85 + row["test_accuracy"])
+    assert claims.generalization_rule(_write_runs(tmp_path, rows)).verdict == verdict
+
+
+def test_claims_without_their_runs_are_not_measured(tmp_path):
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("ln",)))
+    verdicts = {v.claim: v.verdict for v in claims.evaluate(runs)}
+    assert set(verdicts) == {c.id for c in claims.CLAIMS}
+    assert set(verdicts.values()) == {claims.NOT_MEASURED}
+
+
+def test_report_command_writes_report_json_and_figures(tmp_path):
+    def accuracy(norm, batch, rate, seed):
+        return (0.70 if norm == "bn" and batch == 2 else 0.85) + NOISE[seed]
+
+    _write_runs(tmp_path / "w", _grid(accuracy, ("bn", "gn", "none"), sizes=(2, 32)))
+    result = subprocess.run([sys.executable, "-m", "bnlab", "report", str(tmp_path / "w")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "w" / "claims.json").read_text())
+    assert [c["id"] for c in written] == [c.id for c in claims.CLAIMS]
+    c5 = next(c for c in written if c["id"] == "C5")
+    assert c5["verdict"] == claims.SUPPORTED and c5["estimate"]["value"] == pytest.approx(0.15)
+    report = (tmp_path / "w" / "report.md").read_text()
+    assert "| C5 small batch | SUPPORTED |" in report and "(C5.png)" in report
+    assert (tmp_path / "w" / "C5.png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, "-m", "bnlab", "report", str(tmp_path / "nope")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("none_spread,verdict", [
+    ({0: 3.0, 1: 3.2, 2: 3.4}, claims.SUPPORTED),       # no norm: 3+ decades, BN: 0.5
+    ({0: 0.4, 1: 0.5, 2: 0.6}, claims.NOT_SUPPORTED),   # as even as BN's
+    ({0: 0.3, 1: 6.0, 2: 0.4}, claims.INCONCLUSIVE)])   # one wild seed of three
+def test_gradient_verdicts(tmp_path, none_spread, verdict):
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("bn", "none")))
+    for row in runs.to_dict("records"):
+        decades = 0.5 if row["norm"] == "bn" else none_spread[row["seed"]]
+        # Two logs; the widest spread is the second one's. Norm layers are left out.
+        metrics = [{"step": 10, "grad_norm/Conv_0": 1.0, "grad_norm/Conv_1": 1.0,
+                    "grad_norm/BatchNorm_0": 1e-9},
+                   {"step": 20, "grad_norm/Conv_0": 10.0 ** -decades, "grad_norm/Conv_1": 1.0,
+                    "grad_norm/Dense_0": 0.5, "grad_norm/BatchNorm_0": 1e-9}]
+        (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
+            "".join(json.dumps(m) + "\n" for m in metrics))
+    result = claims.gradient_rule(runs)
+    assert result.verdict == verdict, result
+    assert result.details["mean_spread_decades"]["bn"] == pytest.approx(0.5)
+
+
+def test_only_runs_that_differ_in_norm_and_seed_are_compared(tmp_path):
+    # bn ran on one model, none on another: nothing to compare for C3.
+    rows = _grid(lambda n, b, r, s: 0.9 if n == "bn" else 0.8, ("bn", "none"))
+    for row in rows:
+        row["model"] = "mlp" if row["norm"] == "bn" else "simple_cnn"
+    runs = _write_runs(tmp_path / "a", rows)
+    assert claims.generalization_rule(runs).verdict == claims.NOT_MEASURED
+    # The same runs plus a none baseline on the bn model: compared on that model only.
+    extra = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("none",))
+    for row in extra:
+        row["model"] = "mlp"
+    runs = _write_runs(tmp_path / "b", rows + extra)
+    result = claims.generalization_rule(runs)
+    assert result.estimate.value == pytest.approx(0.05)
