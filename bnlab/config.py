@@ -81,8 +81,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _positive_int(config, field)
     if config.eval_every is not None:
         _positive_int(config, "eval_every")
-    if config.get("steps_per_call", 1) != 1:
-        _positive_int(config, "steps_per_call")
+    steps_per_call = config.get("steps_per_call", 0)
+    _require(config, "steps_per_call", isinstance(steps_per_call, int) and steps_per_call >= 0,
+             "0 (automatic) or a positive int")
+    if steps_per_call > 1:
         _require(config, "steps_per_call", config.parallel == "none",
                  "fused steps run on one device (parallel='none') for now")
         _require(config, "steps_per_call", not config.augment,
@@ -135,8 +137,10 @@ def norm_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return options
 
 
-# How a run was launched, not what it computes: left out of its identity (run id).
-LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id")
+# How a run was launched or executed, not what it computes: left out of its
+# identity (run id). steps_per_call changes how many steps one call runs, not the
+# steps (tested equal to one step per call).
+LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id", "steps_per_call")
 
 
 def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -109,9 +109,22 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     facts = {**batch_sizes(config, layout),
              "values_per_statistic": min(per_stat) if per_stat else None,
              "num_devices": layout.num_devices, "total_steps": total_steps,
+             "steps_per_call": steps_per_call(config),
              "train_examples": len(train_set)}
     return Prepared(config, train_set, test_set, model, spec, layout, total_steps,
                     norm_layers, facts)
+
+
+def steps_per_call(config: ml_collections.ConfigDict) -> int:
+    """Steps per call: `config.steps_per_call`, or when it is 0 (automatic) the
+    fused loop up to each log point on an accelerator where the run allows it (one
+    device, no augmentation), and one step per call otherwise: on the 2-core CPU
+    fusing was slower."""
+    if config.get("steps_per_call", 0):
+        return config.steps_per_call
+    if jax.default_backend() == "cpu" or config.parallel != "none" or config.augment:
+        return 1
+    return config.log_every
 
 
 def batch_sizes(config: ml_collections.ConfigDict,
@@ -457,7 +470,8 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
     eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
 
     # Epoch order depends on (seed, epoch) only: a resumed run sees the same batches.
-    fused = config.get("steps_per_call", 1) > 1
+    per_call = steps_per_call(config)
+    fused = per_call > 1
     if fused:  # the dataset on the device; K steps per call, each gathering its batch
         indices = data.train_batch_indices(len(run.train_set), config.batch_size, config.seed,
                                            start_step)
@@ -485,7 +499,7 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
     try:
         while step < run.total_steps:
             if fused:  # up to the next log point, at most steps_per_call at once
-                count = min(config.steps_per_call, config.log_every - step % config.log_every,
+                count = min(per_call, config.log_every - step % config.log_every,
                             run.total_steps - step)
                 chunk = np.stack([next(indices) for _ in range(count)])
                 state, totals = steps.train_many(state, totals, device_images, device_labels,
@@ -625,9 +639,9 @@ def train_packed(configs: list[ml_collections.ConfigDict],
     first = dataclasses.replace(first, model=packed_model(first.model))
     for config in configs[1:]:
         config_lib.validate(config)
-    members = [dataclasses.replace(first, config=c,
-                                   facts={**first.facts, "packed_members": len(configs)})
-               for c in configs]
+    facts = {**first.facts, "packed_members": len(configs),
+             "steps_per_call": _packed_steps_per_call(first.config)}
+    members = [dataclasses.replace(first, config=c, facts=facts) for c in configs]
     writers = [tracking.RunWriter(d) for d in workdirs]
     checkpoints = [tracking.Checkpoints(d) if c.get("checkpoint_every") else None
                    for c, d in zip(configs, workdirs, strict=True)]
@@ -665,7 +679,7 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
     totals = zero_totals
     factor = schedule_factor(run.optimizer)
     eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
-    per_call = config.steps_per_call if config.get("steps_per_call", 1) > 1 else config.log_every
+    per_call = _packed_steps_per_call(config)
     orders = [data.train_batch_indices(len(run.train_set), config.batch_size, m.config.seed)
               for m in members]
     device_images = jax.device_put(run.train_set.images)
@@ -746,6 +760,12 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
     finally:
         progress.close()
     return summaries
+
+
+def _packed_steps_per_call(config) -> int:
+    """Packed runs always fuse steps: `steps_per_call` when set above 1, else up to
+    each log point."""
+    return config.steps_per_call if config.get("steps_per_call", 0) > 1 else config.log_every
 
 
 def _member(tree, i: int):

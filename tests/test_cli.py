@@ -48,6 +48,7 @@ BAD_INPUT = [
     (["--config.optimizer=lamb"], "config.optimizer='lamb'"),
     (["--config.batch_size=100000"], "config.batch_size=100000: larger than"),
     (["--config.test_size=0"], "config.test_size=0: must be a positive integer"),
+    (["--config.steps_per_call=-1"], "config.steps_per_call=-1: 0 (automatic) or a positive"),
     (["--config.steps_per_call=10", "--config.augment=True"],
      "config.steps_per_call=10: fused steps need augment=False"),
     (["--config.steps_per_call=10", "--config.parallel=pmap"],

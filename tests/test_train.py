@@ -185,6 +185,15 @@ def test_fused_steps_train_like_one_step_per_call(small_config, tmp_path):
                                    rtol=1e-5)
         assert [r["step"] for r in _rows(tmp_path / f"k{k}")] == list(range(2, 11, 2))
         assert fused["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1e-3)
+        assert fused["steps_per_call"] == k
+    # How many steps a call runs is not what the run computes: one run id for all K.
+    names = set()
+    for k in (0, 1, 5):
+        small_config.steps_per_call = k
+        names.add(train.run_name(small_config, ["steps_per_call", "learning_rate"]))
+    assert len(names) == 1 and "steps_per_call" not in names.pop()
+    # Automatic (0, the default) is one step per call on a CPU backend.
+    assert plain["steps_per_call"] == 1
 
 
 def test_logged_gradient_norms_equal_a_hand_computed_gradient(small_config, tmp_path):
