@@ -126,6 +126,20 @@ def _comparable(runs: pd.DataFrame, free: tuple[str, ...]) -> list[pd.DataFrame]
 
 # ---------------------------------------------------------------- rules
 
+def _judge(estimate: Estimate, margin: float, also_supported: bool = True,
+           also_not_supported: bool = False, defined: bool = True) -> str:
+    """SUPPORTED when the whole interval lies above 0 (and `also_supported`); NOT
+    SUPPORTED when it lies below `margin`, an effect too small to matter (or
+    `also_not_supported`); INCONCLUSIVE otherwise, and without an interval."""
+    if not defined or math.isnan(estimate.low):
+        return INCONCLUSIVE
+    if estimate.low > 0 and also_supported:
+        return SUPPORTED
+    if estimate.high < margin or also_not_supported:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
 # An effect smaller than this (accuracy, absolute) is too small to matter here: a
 # claim of a benefit is NOT SUPPORTED when the whole interval lies below it.
 ACCURACY_MARGIN = 0.01
@@ -153,14 +167,8 @@ def small_batch_rule(runs: pd.DataFrame) -> Verdict:
     details = {"small_batch": int(small), "large_batch": int(large),
                "bn_drop": bn_drop.jsonable(), "gn_drop": gn_drop.jsonable()}
     effect = f"BN's accuracy drop from batch {large} to {small}, minus GN's"
-    if math.isnan(excess.low):
-        verdict = INCONCLUSIVE
-    elif bn_drop.low > 0 and excess.low > 0:
-        verdict = SUPPORTED
-    elif bn_drop.high < ACCURACY_MARGIN or excess.high < ACCURACY_MARGIN:
-        verdict = NOT_SUPPORTED
-    else:
-        verdict = INCONCLUSIVE
+    verdict = _judge(excess, ACCURACY_MARGIN, also_supported=bn_drop.low > 0,
+                     also_not_supported=bn_drop.high < ACCURACY_MARGIN)
     return Verdict("C5", verdict, effect, excess, details, runs)
 
 
@@ -239,14 +247,8 @@ def generalization_rule(runs: pd.DataFrame) -> Verdict:
     effect = f"test accuracy, BN minus no norm (batch {size}, lr {rate:g})"
     # Regularizing means generalizing better, not only fitting faster: BN must both
     # test higher and show a narrower train-test gap.
-    if math.isnan(estimate.low) or math.isnan(narrower.low):
-        verdict = INCONCLUSIVE
-    elif estimate.low > 0 and narrower.low > 0:
-        verdict = SUPPORTED
-    elif estimate.high < ACCURACY_MARGIN:
-        verdict = NOT_SUPPORTED
-    else:
-        verdict = INCONCLUSIVE
+    verdict = _judge(estimate, ACCURACY_MARGIN, also_supported=narrower.low > 0,
+                     defined=not math.isnan(narrower.low))
     return Verdict("C3", verdict, effect, estimate, details, at)
 
 
@@ -294,15 +296,7 @@ def gradient_rule(runs: pd.DataFrame) -> Verdict:
     details = {"mean_spread_decades": {n: float(v.mean()) for n, v in spreads.items()},
                "runs": {n: len(v) for n, v in spreads.items()}}
     effect = "gradient-norm spread across layers (decades), no norm's minus BN's"
-    if math.isnan(estimate.low):
-        verdict = INCONCLUSIVE
-    elif estimate.low > 0:
-        verdict = SUPPORTED
-    elif estimate.high < SPREAD_MARGIN:
-        verdict = NOT_SUPPORTED
-    else:
-        verdict = INCONCLUSIVE
-    return Verdict("C4", verdict, effect, estimate, details, runs)
+    return Verdict("C4", _judge(estimate, SPREAD_MARGIN), effect, estimate, details, runs)
 
 
 CLAIMS: tuple[Claim, ...] = (
