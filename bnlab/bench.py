@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from bnlab import data, models, norms, train
-from bnlab.config import load_config_file
+from bnlab.config import DEFAULT_CONFIG_FILE, load_config_file
 
 IMAGE_SHAPE = (32, 32, 3)  # the article's CIFAR-sized input
 
@@ -45,7 +45,7 @@ def _backend_defaults() -> dict[str, Any]:
 
 def _config(model: str, norm: str, batch_size: int, dtype: str = "float32",
             examples: int = 4096) -> ml_collections.ConfigDict:
-    config = load_config_file(train.__file__.replace("bnlab/train.py", "configs/default.py"))
+    config = load_config_file(DEFAULT_CONFIG_FILE)
     config.update(dataset="synthetic", model=model, norm=norm, batch_size=batch_size,
                   dtype=dtype, train_size=None, num_steps=10**6, bn_eval="ema")
     config.synthetic = ml_collections.ConfigDict(

@@ -96,12 +96,9 @@ def _not_measured(claim: str, why: str) -> Verdict:
 
 
 def _config_fields() -> list[str]:
-    from pathlib import Path
+    from bnlab.config import DEFAULT_CONFIG_FILE, flatten, load_config_file
 
-    from bnlab.config import flatten, load_config_file
-
-    default = Path(__file__).resolve().parent.parent / "configs" / "default.py"
-    return list(flatten(load_config_file(default)))
+    return list(flatten(load_config_file(DEFAULT_CONFIG_FILE)))
 
 
 # Fields that never make two runs' settings differ (where they ran, how they logged).

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bnlab.config import ConfigError
+from bnlab.config import DEFAULT_CONFIG_FILE, ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
+DEFAULT_CONFIG = DEFAULT_CONFIG_FILE
 USAGE = """usage: python -m bnlab <command> [flags]
 
 commands:

@@ -137,6 +137,10 @@ def norm_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return options
 
 
+# The default config file every run starts from (configs/default.py).
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "default.py"
+
+
 # How a run was launched or executed, not what it computes: left out of its
 # identity (run id). steps_per_call changes how many steps one call runs, not the
 # steps (tested equal to one step per call).
