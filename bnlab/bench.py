@@ -112,33 +112,42 @@ def plain_flax_loop(model, dataset: data.Dataset, batch_size: int, steps: int,
 
 # ---------------------------------------------------------------- bnlab's loops
 
+def _bnlab_call(fns: train.Steps, run: train.Prepared, per_call: int, seed: int = 0,
+                learning_rate: float = 0.05, device_data=None) -> Callable[[], Any]:
+    """One run's call of bnlab's train step: one host-fed step (per_call 1), or
+    `per_call` steps of `train_many` over the dataset held on the device
+    (`device_data`: (images, labels) already there, else put there now)."""
+    batch_size = run.config.batch_size
+    sample = jnp.zeros((batch_size,) + run.train_set.image_shape)
+    state = [fns.init(jax.random.key(seed), sample, learning_rate, 0.0), train.new_totals()]
+    if per_call == 1:
+        batches = data.train_batches(run.train_set, batch_size, seed)
+
+        def one():
+            state[:] = fns.train(*state, *next(batches))
+            return state[0].step
+
+        return one
+    images, labels = device_data or (jax.device_put(run.train_set.images),
+                                     jax.device_put(run.train_set.labels))
+    order = data.train_batch_indices(len(run.train_set), batch_size, seed)
+
+    def many():
+        chunk = np.stack([next(order) for _ in range(per_call)])
+        state[:] = fns.train_many(*state, images, labels, chunk)
+        return state[0].step
+
+    return many
+
+
 def bnlab_loops(config: ml_collections.ConfigDict, steps: int,
                 steps_per_call: int) -> dict[str, dict[str, float]]:
     """bnlab's own train step: one step per call (host-fed), and `steps_per_call`
     steps per call over the dataset held on the device (`train_many`)."""
     run = train.prepare(config)
     fns = train.step_functions(run.model, run.optimizer, run.layout)
-    sample = jnp.zeros((config.batch_size,) + run.train_set.image_shape)
-    out = {}
-    state = [fns.init(jax.random.key(0), sample, 0.05, 0.0), train.new_totals()]
-    batches = data.train_batches(run.train_set, config.batch_size, 0)
-
-    def one():
-        state[:] = fns.train(*state, *next(batches))
-        return state[0].step
-
-    out["bnlab_1"] = _timed(one, 1, steps)
-    images, labels = jax.device_put(run.train_set.images), jax.device_put(run.train_set.labels)
-    order = data.train_batch_indices(len(run.train_set), config.batch_size, 0)
-    state = [fns.init(jax.random.key(0), sample, 0.05, 0.0), train.new_totals()]
-
-    def many():
-        chunk = np.stack([next(order) for _ in range(steps_per_call)])
-        state[:] = fns.train_many(*state, images, labels, chunk)
-        return state[0].step
-
-    out[f"bnlab_{steps_per_call}"] = _timed(many, steps_per_call, steps)
-    return out
+    return {f"bnlab_{k}": _timed(_bnlab_call(fns, run, k), k, steps)
+            for k in (1, steps_per_call)}
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -285,21 +294,8 @@ def pack_benchmark(members: int = 16, batch_size: int = 8, model: str = "simple_
     def sequential(per_call: int) -> dict[str, float]:
         compile_s, elapsed = 0.0, 0.0
         for m in range(members):
-            state = [fns.init(jax.random.key(m), sample, rates[m], 0.0), train.new_totals()]
-            if per_call == 1:
-                batches = data.train_batches(run.train_set, batch_size, m)
-
-                def call(state=state, batches=batches):
-                    state[:] = fns.train(*state, *next(batches))
-                    return state[0].step
-            else:
-                order = data.train_batch_indices(len(run.train_set), batch_size, m)
-
-                def call(state=state, order=order):
-                    chunk = np.stack([next(order) for _ in range(per_call)])
-                    state[:] = fns.train_many(*state, images, labels, chunk)
-                    return state[0].step
-
+            call = _bnlab_call(fns, run, per_call, seed=m, learning_rate=rates[m],
+                               device_data=(images, labels))
             result = _timed(call, per_call, steps)
             compile_s += result["compile_s"]
             elapsed += steps / result["steps_per_s"]
@@ -308,9 +304,8 @@ def pack_benchmark(members: int = 16, batch_size: int = 8, model: str = "simple_
     record["loops"]["sequential_1"] = sequential(1)
     record["loops"][f"sequential_{steps_per_call}"] = sequential(steps_per_call)
     state = [packed_fns.init_packed(jax.vmap(jax.random.key)(jnp.arange(members)), sample,
-                             jnp.asarray(rates), jnp.zeros(members)),
-             jax.tree.map(lambda x: jnp.broadcast_to(x, (members,) + x.shape),
-                          train.new_totals())]
+                                    jnp.asarray(rates), jnp.zeros(members)),
+             train.new_totals(members=members)]
     orders = [data.train_batch_indices(len(run.train_set), batch_size, m) for m in range(members)]
 
     def packed():

@@ -11,6 +11,7 @@ A claim without a rule yet, or a directory without its runs, is reported as
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -95,10 +96,12 @@ def _not_measured(claim: str, why: str) -> Verdict:
     return Verdict(claim, NOT_MEASURED, why, None, {})
 
 
-def _config_fields() -> list[str]:
+@functools.cache
+def _config_fields() -> tuple[str, ...]:
+    """The config's field names (read once: every rule asks)."""
     from bnlab.config import DEFAULT_CONFIG_FILE, flatten, load_config_file
 
-    return list(flatten(load_config_file(DEFAULT_CONFIG_FILE)))
+    return tuple(flatten(load_config_file(DEFAULT_CONFIG_FILE)))
 
 
 # Fields that never make two runs' settings differ (where they ran, how they logged).

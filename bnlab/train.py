@@ -326,13 +326,23 @@ def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout,
         evaluate_packed=jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None))))
 
 
-def new_totals(grad_layers: int = 0) -> dict[str, jax.Array]:
+def new_totals(grad_layers: int = 0, members: int | None = None) -> dict[str, jax.Array]:
     """What a train step adds up between logs; `grad_layers`: the number of layers
-    whose gradient norms are logged (0 without `log_grad_norms`)."""
-    return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
-            "count": jnp.zeros((), jnp.int32), "steps": jnp.zeros((), jnp.int32),
-            "diverged_step": jnp.full((), -1, jnp.int32),
-            "grad_norm": jnp.zeros((grad_layers,), jnp.float32)}
+    whose gradient norms are logged (0 without `log_grad_norms`); `members`: one set
+    per member of a packed group, stacked on a leading axis."""
+    totals = {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
+              "count": jnp.zeros((), jnp.int32), "steps": jnp.zeros((), jnp.int32),
+              "diverged_step": jnp.full((), -1, jnp.int32),
+              "grad_norm": jnp.zeros((grad_layers,), jnp.float32)}
+    if members is None:
+        return totals
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (members,) + x.shape), totals)
+
+
+def _chunk_length(config, step: int, total_steps: int, per_call: int) -> int:
+    """Steps in the next fused call: at most `per_call`, never past a log point or
+    the end, so metrics are logged where one step per call would log them."""
+    return min(per_call, config.log_every - step % config.log_every, total_steps - step)
 
 
 def evaluate(steps: Steps, layout: parallel.Layout, state: TrainState, dataset: data.Dataset,
@@ -499,8 +509,7 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
     try:
         while step < run.total_steps:
             if fused:  # up to the next log point, at most steps_per_call at once
-                count = min(per_call, config.log_every - step % config.log_every,
-                            run.total_steps - step)
+                count = _chunk_length(config, step, run.total_steps, per_call)
                 chunk = np.stack([next(indices) for _ in range(count)])
                 state, totals = steps.train_many(state, totals, device_images, device_labels,
                                                  chunk)
@@ -674,8 +683,7 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
                               jnp.asarray([m.config.weight_decay for m in members]))
     num_params = sum(x.size for x in jax.tree.leaves(state.params)) // count_members
     names = layer_names(state.params) if config.log_grad_norms else []
-    zero_totals = jax.tree.map(lambda x: jnp.broadcast_to(x, (count_members,) + x.shape),
-                               new_totals(len(names)))
+    zero_totals = new_totals(len(names), count_members)
     totals = zero_totals
     factor = schedule_factor(run.optimizer)
     eval_every = config.eval_every or (config.log_every if config.target_accuracy else None)
@@ -709,8 +717,7 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
 
     try:
         while step < run.total_steps and live:
-            count = min(per_call, config.log_every - step % config.log_every,
-                        run.total_steps - step)
+            count = _chunk_length(config, step, run.total_steps, per_call)
             chunk = np.stack([np.stack([next(order) for _ in range(count)]) for order in orders])
             state, totals = steps.train_packed(state, totals, device_images, device_labels,
                                                chunk)
@@ -730,7 +737,7 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
                 test = _evaluate_packed(steps, state, run.test_set, config.eval_batch_size)
             eval_s += time.perf_counter() - eval_start
             for i in list(live):
-                member = jax.tree.map(lambda x, i=i: x[i], host)
+                member = _member(host, i)
                 row = _train_row(member, members[i].config.learning_rate
                                  * float(factor(step - 1)), time.perf_counter() - start, names)
                 if member["diverged_step"] >= 0:
