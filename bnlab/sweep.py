@@ -71,6 +71,18 @@ def chain(*grids: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for grid in grids for d in grid]
 
 
+# The sizes an experiment file offers (`bnlab reproduce --scale`): smoke, a check of
+# the machinery in seconds; quick, minutes on a laptop's CPU; full, one GPU.
+SCALES = ("smoke", "quick", "full")
+
+
+def at_scale(table: dict[str, Any], scale: str) -> Any:
+    """An experiment file's setting for `scale`: `table[scale]`, checked."""
+    if scale not in SCALES or scale not in table:
+        raise config_lib.ConfigError("scale", scale, f"allowed: {', '.join(table)}")
+    return table[scale]
+
+
 # ---------------------------------------------------------------- planning
 
 @dataclasses.dataclass

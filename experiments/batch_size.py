@@ -1,12 +1,13 @@
 """C5 small batch: does BN degrade at small batch where GN, LN and IN do not?
-(the Group Norm paper's Figure 1, on the article's SimpleCNN and Fashion-MNIST)
+(the Group Norm paper's Figure 1, on the article's SimpleCNN and Fashion-MNIST,
+and on the BN paper's MLP, where a BN statistic at batch 2 averages 2 values)
 
-Norms × batch 2..32 × 3 seeds. Every batch size trains the same number of epochs,
+Norms × batch 2..32 × seeds. Every batch size trains the same number of epochs,
 with the learning rate scaled linearly with the batch (Goyal et al. 2017), as the
-GN paper does. One device: the normalization batch is the SGD batch. Shrink it
-for a laptop, e.g.
-  python -m bnlab sweep experiments/batch_size.py --workdir runs/batch_size \
-      --config.train_size=4096 --jobs 2
+GN paper does. One device: the normalization batch is the SGD batch.
+  python -m bnlab sweep experiments/batch_size.py --workdir runs/batch_size --jobs 2
+`get_config(scale)` / `get_sweep(scale)` size it for `bnlab reproduce --scale`
+(the sweep command uses "quick"); "full" trains ResNet-20.
 """
 
 from pathlib import Path
@@ -14,25 +15,35 @@ from pathlib import Path
 import ml_collections
 
 from bnlab.config import load_config_file
-from bnlab.sweep import axis, product, zipped
+from bnlab.sweep import at_scale, axis, chain, product, zipped
 
-NORMS = ("bn", "gn", "ln", "in", "none")
-BATCH_SIZES = (2, 4, 8, 16, 32)
+NORMS = ("bn", "gn", "ln", "in")
 LEARNING_RATE_AT_32 = 0.05
-SEEDS = (0, 1, 2)
+# (model, norms, batch sizes) per scale; the MLP has no IN (one value per channel).
+GRIDS = {
+    "smoke": [("simple_cnn", ("bn", "gn"), (4, 16))],
+    "quick": [("simple_cnn", NORMS, (2, 4, 8, 16, 32)), ("mlp", ("bn", "gn", "ln"), (2, 32))],
+    "full": [("resnet20", NORMS, (2, 4, 8, 16, 32)),
+             ("mlp", ("bn", "gn", "ln"), (2, 4, 8, 16, 32))],
+}
+SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
+SIZES = {
+    "smoke": dict(train_size=128, test_size=500, num_epochs=1.0, log_every=8),
+    "quick": dict(train_size=4096, test_size=None, num_epochs=1.0, log_every=100),
+    "full": dict(train_size=None, test_size=None, num_epochs=5.0, log_every=200),
+}
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
-    config.num_epochs = 1.0
-    config.num_groups = 8  # SimpleCNN's 16 and 32 channels: groups of 2 and 4
-    config.log_every = 100
+    config.update(at_scale(SIZES, scale))
+    config.num_groups = 4  # SimpleCNN's 16 and 32 channels and the MLP's 100: 4 groups
     return config
 
 
-def get_sweep() -> list[dict]:
-    return product(
-        axis("norm", NORMS),
-        zipped(batch_size=list(BATCH_SIZES),
-               learning_rate=[round(LEARNING_RATE_AT_32 * b / 32, 6) for b in BATCH_SIZES]),
-        axis("seed", SEEDS))
+def get_sweep(scale: str = "quick") -> list[dict]:
+    return chain(*(product(
+        axis("model", [model]), axis("norm", norms),
+        zipped(batch_size=list(sizes),
+               learning_rate=[round(LEARNING_RATE_AT_32 * b / 32, 6) for b in sizes]),
+        axis("seed", at_scale(SEEDS, scale))) for model, norms, sizes in at_scale(GRIDS, scale)))

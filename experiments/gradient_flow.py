@@ -1,9 +1,11 @@
 """C4 gradient flow: does BN keep gradients healthy through depth?
 
-A plain CNN (no skip connections) of 20 conv layers, BN against no norm, 3 seeds,
-SGD with momentum on Fashion-MNIST, with each layer's gradient norm logged
+A plain CNN (no skip connections) of 20 conv layers, BN against no norm, SGD with
+momentum on Fashion-MNIST, with each layer's gradient norm logged
 (`log_grad_norms`); notebooks/03_gradient_flow.ipynb plots them against depth.
   python -m bnlab sweep experiments/gradient_flow.py --workdir runs/gradient_flow
+`get_config(scale)` / `get_sweep(scale)` size it for `bnlab reproduce --scale`
+(the sweep command uses "quick"); "full" adds depth 50.
 """
 
 from pathlib import Path
@@ -11,24 +13,28 @@ from pathlib import Path
 import ml_collections
 
 from bnlab.config import load_config_file
-from bnlab.sweep import axis, product
+from bnlab.sweep import at_scale, axis, product
 
-DEPTH = 20
-SEEDS = (0, 1, 2)
+DEPTHS = {"smoke": (6,), "quick": (20,), "full": (20, 50)}
+SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
+SIZES = {
+    "smoke": dict(train_size=512, test_size=500, num_steps=16, log_every=8),
+    "quick": dict(train_size=None, test_size=None, num_steps=150, log_every=25),
+    "full": dict(train_size=None, test_size=None, num_steps=1000, log_every=50),
+}
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
     config.model = "plain_cnn"
-    config.depth = DEPTH
     config.width = 16
     config.batch_size = 64
     config.learning_rate = 0.02
-    config.num_steps = 300
-    config.log_every = 25
+    config.update(at_scale(SIZES, scale))
     config.log_grad_norms = True
     return config
 
 
-def get_sweep() -> list[dict]:
-    return product(axis("norm", ("bn", "none")), axis("seed", SEEDS))
+def get_sweep(scale: str = "quick") -> list[dict]:
+    return product(axis("depth", at_scale(DEPTHS, scale)), axis("norm", ("bn", "none")),
+                   axis("seed", at_scale(SEEDS, scale)))

@@ -19,8 +19,8 @@ def _write_runs(folder, rows):
     for i, row in enumerate(rows):
         run_dir = folder / "runs" / f"run-{i:03d}"
         run_dir.mkdir(parents=True)
-        config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model")
-                  if k in row}
+        config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model",
+                                      "norm_placement") if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
         tracking.write_json_atomic(run_dir / "status.json", {"status": status})
@@ -104,6 +104,8 @@ def test_claims_without_their_runs_are_not_measured(tmp_path):
     runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("ln",)))
     verdicts = {v.claim: v.verdict for v in claims.evaluate(runs)}
     assert set(verdicts) == {c.id for c in claims.CLAIMS}
+    # C7 is computed from bnlab's BatchNorm itself, not from runs.
+    assert verdicts.pop("C7") == claims.SUPPORTED
     assert set(verdicts.values()) == {claims.NOT_MEASURED}
 
 
@@ -120,7 +122,7 @@ def test_report_command_writes_report_json_and_figures(tmp_path):
     c5 = next(c for c in written if c["id"] == "C5")
     assert c5["verdict"] == claims.SUPPORTED and c5["estimate"]["value"] == pytest.approx(0.15)
     report = (tmp_path / "w" / "report.md").read_text()
-    assert "| C5 small batch | SUPPORTED |" in report and "(C5.png)" in report
+    assert "| [C5 small batch](#c5) | SUPPORTED |" in report and "(C5.png)" in report
     assert (tmp_path / "w" / "C5.png").stat().st_size > 1000
     bad = subprocess.run([sys.executable, "-m", "bnlab", "report", str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -161,3 +163,78 @@ def test_only_runs_that_differ_in_norm_and_seed_are_compared(tmp_path):
     runs = _write_runs(tmp_path / "b", rows + extra)
     result = claims.generalization_rule(runs)
     assert result.estimate.value == pytest.approx(0.05)
+
+
+def _write_curves(folder, runs, curve):
+    """metrics.jsonl for each run: test accuracy curve(norm, seed) as (step, acc) pairs."""
+    for row in runs.to_dict("records"):
+        (folder / "runs" / row["run"] / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": step, "test_accuracy": acc}) + "\n"
+            for step, acc in curve(row["norm"], row["seed"])))
+
+
+def test_steps_to_accuracy_interpolates_between_evaluations():
+    curve = [(10, 0.5), (20, 0.7), (30, 0.9)]
+    assert claims.steps_to_accuracy(curve, 0.8) == pytest.approx(25.0)
+    assert claims.steps_to_accuracy(curve, 0.4) == 10.0
+    assert claims.steps_to_accuracy(curve, 0.95) is None
+
+
+@pytest.mark.parametrize("none_slope,verdict", [
+    (0.25, claims.SUPPORTED),       # no norm needs 4× BN's steps
+    (1.0, claims.NOT_SUPPORTED),    # the same speed
+    (None, claims.INCONCLUSIVE)])   # seeds spread too wide to tell
+def test_speed_verdicts(tmp_path, none_slope, verdict):
+    # Accuracy rises linearly to 0.8 at step 100·s (BN: s = 1, ±3% per seed), then stays.
+    jitter = {0: 0.97, 1: 1.0, 2: 1.03}
+    wild = {0: 0.3, 1: 1.0, 2: 3.5}
+
+    def curve(norm, seed):
+        stretch = (jitter[seed] if norm == "bn" else
+                   (1 / none_slope) * jitter[seed] if none_slope else 2 * wild[seed])
+        return [(step, min(0.8, 0.8 * step / (100 * stretch))) for step in range(10, 1001, 10)]
+
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("bn", "none")))
+    _write_curves(tmp_path, runs, curve)
+    result = claims.speed_rule(runs)
+    assert result.verdict == verdict, result
+    assert result.details["target_accuracy"] == pytest.approx(0.76)
+    if none_slope == 0.25:
+        assert result.estimate.value == pytest.approx(4.0, rel=0.02)
+
+
+def test_speed_counts_a_run_that_never_reaches_the_target(tmp_path):
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8 if s else 0.3, ("bn", "none")))
+    # Seed 0 of each norm stays at 0.3: it never reaches 95% of the lower mean (0.63).
+    _write_curves(tmp_path, runs, lambda n, s: [(10, 0.1), (20, 0.8 if s else 0.3)])
+    result = claims.speed_rule(runs)
+    assert result.details["runs_that_never_reached_it"] == {"bn": 1, "none": 1}
+    assert result.verdict == claims.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("after,verdict", [
+    (0.80, claims.SUPPORTED), (0.85, claims.NOT_SUPPORTED), (None, claims.INCONCLUSIVE)])
+def test_placement_verdicts(tmp_path, after, verdict):
+    rows = []
+    for placement in ("before_activation", "after_activation"):
+        for seed in (0, 1, 2):
+            accuracy = 0.85 + NOISE[seed]
+            if placement == "after_activation":
+                accuracy = after + NOISE[seed] if after else [0.70, 0.85, 0.99][seed]
+            rows.append({"norm": "bn", "seed": seed, "test_accuracy": accuracy,
+                         "norm_placement": placement})
+    runs = _write_runs(tmp_path, rows)
+    assert claims.placement_rule(runs).verdict == verdict
+
+
+def test_statistics_claim_is_computed_and_can_fail(monkeypatch):
+    result = claims.statistics_rule()
+    assert result.verdict == claims.SUPPORTED
+    assert result.details["statistic_shapes"] == {"mean": [4], "var": [4]}
+    # A BN whose statistics were per example (what LN computes) is caught.
+    from bnlab import norms
+
+    real = norms.make
+    monkeypatch.setattr(norms, "make", lambda name, **o: real(name, **{**o, "momentum": 0.0,
+                                                                      "virtual_batch_size": 1}))
+    assert claims.statistics_rule().verdict == claims.NOT_SUPPORTED

@@ -1,0 +1,82 @@
+"""`python -m bnlab reproduce`: the experiments behind the article's claims, at one
+of three sizes, then the report (`claims.write_report`).
+
+Each claim names its experiments (`claims.Claim.experiments`): sweep files under
+`experiments/` whose `get_config(scale)` and `get_sweep(scale)` size them. Every
+experiment is one sweep in `WORKDIR/<experiment>/`, run by the sweep machinery, so
+a relaunch skips finished runs and restarts interrupted ones; runs that differ only
+in learning rate, weight decay and seed train packed where packing pays (on an
+accelerator). The report goes to WORKDIR.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bnlab import claims as claims_lib
+from bnlab import config as config_lib
+from bnlab import sweep, tracking
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def experiments_for(claims: tuple[claims_lib.Claim, ...]) -> list[str]:
+    """The experiments these claims need, in registry order, those that exist as
+    sweep files (a claim whose experiment is not built yet is reported not measured)."""
+    names = dict.fromkeys(e for claim in claims for e in claim.experiments)
+    return [name for name in names if (EXPERIMENTS_DIR / f"{name}.py").is_file()]
+
+
+def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
+         overrides: dict[str, Any] | None = None) -> dict[str, list[sweep.Run]]:
+    """Every run of every experiment the claims need, validated, before anything is
+    written: {experiment: runs}. `overrides` apply to every run (e.g. the dataset)."""
+    planned = {}
+    for name in experiments_for(claims):
+        module = sweep.load_sweep_file(EXPERIMENTS_DIR / f"{name}.py")
+        planned[name] = sweep.plan(module.get_config(scale), module.get_sweep(scale), overrides)
+    return planned
+
+
+def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, ...],
+              jobs: int = 1, overrides: dict[str, Any] | None = None,
+              progress: bool = True) -> list[claims_lib.Verdict]:
+    """Runs the experiments of `claims` (skipping finished runs) and writes the report
+    of every claim the runs in `workdir` can judge; returns the verdicts."""
+    workdir = Path(workdir)
+    planned = plan(scale, claims, overrides)
+    start = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    about_path = workdir / "reproduce.json"
+    about = tracking.read_json(about_path) if about_path.is_file() else {"launches": []}
+    about.update(scale=scale, overrides=overrides or {})
+    for number, (name, runs) in enumerate(planned.items(), start=1):
+        folder = workdir / name
+        finished = sum((folder / "runs" / r.run_id / "summary.json").is_file() for r in runs)
+        print(f"[{number}/{len(planned)}] {name}: {len(runs)} runs, {finished} finished before",
+              flush=True)
+        module_file = EXPERIMENTS_DIR / f"{name}.py"
+        launch = sweep.write_plan(folder, runs, {
+            "sweep_file": str(module_file), "scale": scale, "overrides": overrides or {},
+            "launch": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
+                       "jobs": jobs, "host": socket.gethostname()}})
+        sweep.run_local(folder, launch, jobs, progress=progress, pack={"pack": True})
+        counts = sweep.statuses(folder, [r.run_id for r in runs])
+        if counts.get("failed"):
+            print(f"  {counts['failed']} runs failed: python -m bnlab ls {folder}", flush=True)
+    wall = time.perf_counter() - start
+    about["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall,
+                              "claims": [c.id for c in claims], "host": socket.gethostname()})
+    about["wall_s"] = wall
+    tracking.write_json_atomic(about_path, about)
+    return claims_lib.write_report(workdir, workdir)
+
+
+def check_scale(scale: str) -> str:
+    if scale not in sweep.SCALES:
+        raise config_lib.ConfigError("scale", scale, f"allowed: {', '.join(sweep.SCALES)}")
+    return scale
