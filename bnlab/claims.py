@@ -108,7 +108,7 @@ def _config_fields() -> tuple[str, ...]:
 # Fields that never make two runs' settings differ (where they ran, how they logged).
 _INCIDENTAL = {"data_dir", "coordinator_address", "num_processes", "process_id",
                "log_every", "eval_every", "checkpoint_every", "log_grad_norms",
-               "steps_per_call", "eval_batch_size"}
+               "steps_per_call", "eval_batch_size", "log_activations", "log_landscape"}
 
 
 def _comparable(runs: pd.DataFrame, free: tuple[str, ...]) -> list[pd.DataFrame]:
@@ -457,6 +457,83 @@ def statistics_rule(runs: pd.DataFrame | None = None) -> Verdict:
                    Estimate(difference, math.nan, math.nan, math.nan), details)
 
 
+def _mean_diagnostics(run_path: str, layers: set[str] | None = None) -> dict[str, float]:
+    """A run's diagnostics averaged over its logs: `ics` and `ics_cos` (also over the
+    `layers` given, all when None), and each `landscape/` metric by its name."""
+    from pathlib import Path
+
+    from bnlab import tracking
+
+    sums: dict[str, list[float]] = {}
+    for row in tracking.read_metrics(Path(run_path) / "metrics.jsonl"):
+        for prefix in ("ics", "ics_cos"):
+            values = [v for k, v in row.items() if k.startswith(prefix + "/")
+                      and (layers is None or k.split("/", 1)[1] in layers)
+                      and isinstance(v, int | float) and math.isfinite(v)]
+            if values:
+                sums.setdefault(prefix, []).append(float(np.mean(values)))
+        for key, value in row.items():
+            if key.startswith("landscape/") and isinstance(value, int | float):
+                sums.setdefault(key.split("/", 1)[1], []).append(float(value))
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def _ratio(values: dict[str, np.ndarray]) -> Estimate:
+    """no norm's ÷ BN's, a ratio of geometric means with its interval (Welch on logs)."""
+    log = contrast([(1, np.log(values["none"])), (-1, np.log(values["bn"]))])
+    return Estimate(*(math.exp(x) for x in (log.value, log.low, log.high)), log.dof)
+
+
+# A reduction smaller than this factor is too small to matter.
+ICS_MARGIN = 1.1
+
+
+def mechanism_rule(runs: pd.DataFrame) -> Verdict:
+    """C10: BN reduces internal covariate shift (the premise of "BN works by reducing
+    ICS"). Effect: the relative ICS ‖G − G'‖/‖G‖ (Santurkar et al. 2018, Definition
+    2.1), averaged over the logs and the layers both norms have, no norm's ÷ BN's:
+    SUPPORTED when BN's is lower, NOT SUPPORTED when it is not lower by `ICS_MARGIN`.
+    The loss landscape's smoothness (their alternative explanation) is measured
+    alongside: the same ratio for the effective β-smoothness, the gradient change
+    and the loss range, in `details`."""
+    def has_ics(path):
+        return "ics" in _mean_diagnostics(path)
+
+    candidates = [g for g in _comparable(_finished(runs), ())
+                  if {"bn", "none"} <= set(g["norm"]) and has_ics(g["path"].iloc[0])]
+    if not candidates:
+        return _not_measured("C10", "needs bn and none runs with log_landscape=True, "
+                             "all else equal")
+    at = candidates[0]
+    at = at[at["norm"].isin(("bn", "none"))]
+    from pathlib import Path
+
+    from bnlab import tracking
+
+    def layers(path):
+        rows = tracking.read_metrics(Path(path) / "metrics.jsonl")
+        return {k.split("/", 1)[1] for row in rows for k in row if k.startswith("ics/")}
+
+    common = set.intersection(*(layers(p) for p in at["path"]))
+    means = {norm: [_mean_diagnostics(p, common) for p in at.loc[at["norm"] == norm, "path"]]
+             for norm in ("bn", "none")}
+
+    def values(metric):
+        return {n: np.array([m[metric] for m in means[n] if metric in m]) for n in means}
+
+    ics = values("ics")
+    log_ratio = contrast([(1, np.log(ics["none"])), (-1, np.log(ics["bn"]))])
+    details = {"layers": sorted(common),
+               "mean_relative_ics": {n: float(v.mean()) for n, v in ics.items()},
+               "mean_ics_cosine": {n: float(v.mean()) for n, v in values("ics_cos").items()},
+               "smoothness_none_over_bn": {
+                   metric: _ratio(values(metric)).jsonable()
+                   for metric in ("beta", "grad_change", "loss_range")}}
+    effect = "relative internal covariate shift, no norm's ÷ BN's"
+    verdict = _judge(log_ratio, math.log(ICS_MARGIN))
+    return Verdict("C10", verdict, effect, _ratio(ics), details, at)
+
+
 def _needs_sequences(claim: str) -> Callable[[pd.DataFrame], Verdict]:
     def rule(runs: pd.DataFrame) -> Verdict:
         return _not_measured(claim, "needs the sequence experiment (padded variable-length "
@@ -489,8 +566,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C9", "alternatives", "GN sits between BN and LN and works in both regimes",
           ("batch_size", "sequences"), _needs_sequences("C9")),
     Claim("C10", "mechanism", "BN works by reducing internal covariate shift", ("mechanism",),
-          reference="Santurkar et al. 2018: BN nets show similar or larger ICS, and a much "
-          "smoother loss landscape"),
+          mechanism_rule, reference="Santurkar et al. 2018: BN nets show similar or "
+          "larger ICS, and a much smoother loss landscape"),
 )
 
 # Every experiment a claim names: in a `bnlab reproduce` directory each is a sweep
@@ -560,10 +637,10 @@ def _figure(verdict: Verdict, path) -> bool:
     from bnlab import analysis
 
     runs = verdict.runs
-    if runs is None or verdict.claim not in ("C1", "C2", "C3", "C4", "C5", "C6"):
+    if runs is None or verdict.claim not in ("C1", "C2", "C3", "C4", "C5", "C6", "C10"):
         return False
     models = list(dict.fromkeys(runs["model"])) if "model" in runs else [None]
-    panels = len(models) if verdict.claim == "C5" else 1
+    panels = len(models) if verdict.claim == "C5" else 2 if verdict.claim == "C10" else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     try:
@@ -578,6 +655,16 @@ def _figure(verdict: Verdict, path) -> bool:
         elif verdict.claim == "C3":
             _errorbars(ax, runs, "norm", ("train_accuracy", "test_accuracy"),
                        ("train (last log)", "test"))
+        elif verdict.claim == "C10":
+            curves = pd.concat([analysis.load_curves(p) for p in runs["path"]])
+            layers = {f"ics/{name}" for name in verdict.details["layers"]}
+            ics = curves[curves["metric"].isin(layers)]
+            ics = ics.groupby(["run", "norm", "step"], as_index=False)["value"].mean()
+            analysis.plot_curves(ics.assign(metric="relative ICS"), "relative ICS", ax=ax)
+            ax.set_title("internal covariate shift ‖G − G′‖/‖G‖")
+            analysis.plot_curves(curves, "landscape/beta", ax=axes[0, 1], log_y=True)
+            axes[0, 1].set_title("effective β-smoothness (lower: smoother)")
+            fig.suptitle(f"C10: {verdict.verdict}")
         elif verdict.claim == "C6":
             _errorbars(ax, runs, "norm_placement", ("test_accuracy",), ("test",))
         elif verdict.claim == "C1":
@@ -592,7 +679,7 @@ def _figure(verdict: Verdict, path) -> bool:
         else:
             curves = pd.concat([analysis.load_curves(p) for p in runs["path"]])
             analysis.plot_grad_norms(curves, ax=ax, layers="Conv|Dense")
-        if verdict.claim != "C5":
+        if verdict.claim not in ("C5", "C10"):
             ax.set_title(f"{verdict.claim}: {verdict.verdict}")
         fig.savefig(path, dpi=80, bbox_inches="tight")
         return True
@@ -657,8 +744,12 @@ def write_report(workdir, out=None, claims: tuple[Claim, ...] = CLAIMS) -> list[
     for claim, verdict in zip(claims, verdicts, strict=True):
         figure = f"{claim.id}.png"
         drawn = verdict.verdict != NOT_MEASURED and _figure(verdict, out / figure)
+        effect, estimate = verdict.effect, _format(verdict.estimate)
+        for other in verdict.details.get("other_models", []):  # C5 on each model it ran
+            effect += f"; {other['model']}: {other['verdict']}"
+            estimate += f"; {other['model']}: {_format(Estimate(**other['estimate']))}"
         lines.append(f"| [{claim.id} {claim.short}](#{claim.id.lower()}) | {verdict.verdict} | "
-                     f"{verdict.effect} | {_format(verdict.estimate)} | {claim.text} |")
+                     f"{effect} | {estimate} | {claim.text} |")
         sections += ["", f"## {claim.id}", "", f"**{claim.text}** — {verdict.verdict}.", ""]
         if verdict.verdict == NOT_MEASURED:
             sections.append(f"Not measured: {verdict.effect}.")

@@ -97,8 +97,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, "bn_eval", bool(modes) and set(modes) <= {"ema", "precise", "batch"},
              "a comma list of: ema, precise, batch")
     _positive_int(config, "precise_bn_batches")
-    _require(config, "log_grad_norms", isinstance(config.get("log_grad_norms", False), bool),
-             "True or False")
+    for field in ("log_grad_norms", "log_activations", "log_landscape"):
+        _require(config, field, isinstance(config.get(field, False), bool), "True or False")
+        if field != "log_grad_norms" and config.get(field):
+            _require(config, field, config.parallel == "none",
+                     "diagnostics run on one device (parallel='none')")
     if config.target_accuracy is not None:
         _require(config, "target_accuracy", 0 < config.target_accuracy <= 1,
                  "must be in (0, 1]")

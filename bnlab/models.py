@@ -276,3 +276,20 @@ def normalized_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[di
     with nn.intercept_methods(record):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=True))
     return found
+
+
+def layer_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """The model's top-level layers in the order its forward pass calls them (input
+    side first): the order "the layers before it" means for internal covariate shift.
+    Traced, not compiled; parameter dicts do not keep this order (JAX sorts keys)."""
+    order: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        path = context.module.path
+        if len(path) == 1 and path[0] not in order:
+            order.append(path[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=True))
+    return order

@@ -72,7 +72,8 @@ def chain(*grids: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # The sizes an experiment file offers (`bnlab reproduce --scale`): smoke, a check of
-# the machinery in seconds; quick, minutes on a laptop's CPU; full, one GPU.
+# the machinery in seconds (small nets: the BN paper's MLP); quick, minutes on a
+# laptop's CPU; full, one GPU.
 SCALES = ("smoke", "quick", "full")
 
 

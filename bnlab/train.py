@@ -229,6 +229,80 @@ def grad_norms(grads) -> jax.Array:
                       for name in layer_names(grads)])
 
 
+# Step sizes, in multiples of the learning rate, at which the loss landscape is probed
+# along the gradient (Santurkar et al. 2018, §3.1: ½× to 4× the training step).
+LANDSCAPE_STEPS = (0.5, 1.0, 2.0, 4.0)
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+@functools.lru_cache(maxsize=16)
+def diagnostics_function(model, order: tuple[str, ...], activations: bool, landscape: bool):
+    """(params, batch_stats, images, labels, learning_rate) → {metric: value}, jitted:
+    the diagnostics logged at a log step on one training batch, the network in
+    training mode (BN with this batch's statistics; nothing is updated).
+
+    activations: `act_mean/LAYER`, `act_std/LAYER` of each top-level layer's output.
+    landscape (Santurkar et al. 2018): with g the gradient and η the learning rate,
+    over the steps w − s·η·g, s in LANDSCAPE_STEPS: `landscape/loss_range` (largest
+    minus smallest loss), `landscape/grad_change` (largest ‖g(w − s·η·g) − g‖, the
+    gradient's predictiveness: small is predictive) and `landscape/beta` (largest
+    ‖Δg‖/‖Δw‖, the effective β-smoothness). And the internal covariate shift of each
+    layer with parameters but the first (their Definition 2.1): G, its gradient, against G', its
+    gradient after every layer before it (in `order`) took the step w − η·g on the
+    same batch: `ics/LAYER` = ‖G − G'‖/‖G‖ and `ics_cos/LAYER` = cos(G, G'). The
+    step is plain gradient descent, not the run's optimizer (momentum left out)."""
+
+    def loss_fn(params, batch_stats, images, labels):
+        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                train=True, mutable=["batch_stats"])
+        return jnp.mean(cross_entropy(logits, labels))
+
+    gradient = jax.value_and_grad(loss_fn)
+
+    def diagnose(params, batch_stats, images, labels, learning_rate):
+        out = {}
+        if activations:
+            _, captured = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                      train=True, mutable=["batch_stats", "intermediates"],
+                                      capture_intermediates=True)
+            for name in order:
+                value = captured["intermediates"][name]["__call__"][0].astype(jnp.float32)
+                out[f"act_mean/{name}"] = jnp.mean(value)
+                out[f"act_std/{name}"] = jnp.std(value)
+        if not landscape:
+            return out
+        _, grads = gradient(params, batch_stats, images, labels)
+        losses, changes = [], []
+        for size in LANDSCAPE_STEPS:
+            moved = jax.tree.map(lambda w, g, s=size: w - s * learning_rate * g, params, grads)
+            loss, moved_grads = gradient(moved, batch_stats, images, labels)
+            losses.append(loss)
+            changes.append(_global_norm(jax.tree.map(jnp.subtract, moved_grads, grads)))
+        losses, changes = jnp.stack(losses), jnp.stack(changes)
+        distances = jnp.asarray(LANDSCAPE_STEPS) * learning_rate * _global_norm(grads)
+        out.update({"landscape/loss_range": jnp.max(losses) - jnp.min(losses),
+                    "landscape/grad_change": jnp.max(changes),
+                    "landscape/beta": jnp.max(changes / distances)})
+        weighted = [name for name in order if name in params]
+        for i, name in enumerate(weighted[1:], start=1):
+            before = set(weighted[:i])
+            moved = {k: (jax.tree.map(lambda w, g: w - learning_rate * g, v, grads[k])
+                         if k in before else v) for k, v in params.items()}
+            _, shifted = gradient(moved, batch_stats, images, labels)
+            g, g2 = grads[name], shifted[name]
+            dot = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2),
+                                                     strict=True))
+            out[f"ics/{name}"] = (_global_norm(jax.tree.map(jnp.subtract, g, g2))
+                                  / _global_norm(g))
+            out[f"ics_cos/{name}"] = dot / (_global_norm(g) * _global_norm(g2))
+        return out
+
+    return jax.jit(diagnose)
+
+
 @functools.lru_cache(maxsize=64)
 def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout,
                    log_grad_norms: bool = False) -> Steps:
@@ -491,6 +565,13 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
         batches = data.train_batches(run.train_set, config.batch_size, config.seed,
                                      config.augment, start_step=start_step)
     totals = layout.replicate(new_totals(len(names)))
+    diagnose = None
+    if config.get("log_activations") or config.get("log_landscape"):
+        order = tuple(models.layer_order(run.model, sample.shape))
+        diagnose = diagnostics_function(run.model, order, config.log_activations,
+                                        config.log_landscape)
+        # Their own batches: the diagnostics leave the training order untouched.
+        probes = data.train_batches(run.train_set, config.batch_size, config.seed + 2, False)
     # The time column goes on from where the interrupted attempt left it.
     start = time.perf_counter() - (previous[-1].get("time", 0.0) if previous else 0.0)
     attempt_start = time.perf_counter()
@@ -527,14 +608,18 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
                 continue
             host = layout.fetch(totals)
             totals = layout.replicate(new_totals(len(names)))
-            row = _train_row(host, config.learning_rate * float(factor(step - 1)),
-                             time.perf_counter() - start, names)
+            learning_rate = config.learning_rate * float(factor(step - 1))
+            row = _train_row(host, learning_rate, time.perf_counter() - start, names)
             if host["diverged_step"] >= 0:
                 diverged_step = int(host["diverged_step"]) + 1  # steps count from 1
                 writer.log(step, {**row, "train_loss": float("nan")})
                 last = row
                 break
             eval_start = time.perf_counter()
+            if diagnose is not None:
+                values = diagnose(state.params, state.batch_stats, *next(probes),
+                                  jnp.float32(learning_rate))
+                row.update({k: float(v) for k, v in jax.device_get(values).items()})
             if is_last or (eval_every and step % eval_every == 0):
                 test = evaluate(steps, layout, state, run.test_set, config.eval_batch_size)
                 row.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
@@ -613,7 +698,8 @@ PACK_FIELDS = ("learning_rate", "weight_decay", "seed")
 def pack_key(config: ml_collections.ConfigDict) -> str | None:
     """Runs with the same key can be packed together; None for a run that cannot be
     (packing is one device, with the data on the device: no augmentation)."""
-    if config.parallel != "none" or config.augment:
+    if (config.parallel != "none" or config.augment or config.get("log_activations")
+            or config.get("log_landscape")):  # diagnostics are logged run by run
         return None
     identity = config_lib.identity(config)
     return tracking.config_hash({k: v for k, v in identity.items() if k not in PACK_FIELDS})

@@ -75,6 +75,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Diagnostics in metrics.jsonl: grad_norm/LAYER, the L2 norm of each top-level
     # layer's gradient, averaged over the steps since the last log.
     config.log_grad_norms = False
+    # At each log step, on a training batch of its own (train.diagnostics_function):
+    # act_mean/LAYER and act_std/LAYER, each top-level layer's output; and with
+    # log_landscape, the loss landscape along the gradient (loss range, gradient
+    # change, effective β-smoothness) and each layer's internal covariate shift
+    # (ics/LAYER, ics_cos/LAYER), as Santurkar et al. 2018 measure them.
+    config.log_activations = False
+    config.log_landscape = False
     # Orbax checkpoint every n steps (a multiple of log_every); an interrupted run
     # (killed, preempted) resumes from the latest one when relaunched.
     config.checkpoint_every = placeholder(int)

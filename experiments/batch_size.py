@@ -21,7 +21,7 @@ NORMS = ("bn", "gn", "ln", "in")
 LEARNING_RATE_AT_32 = 0.05
 # (model, norms, batch sizes) per scale; the MLP has no IN (one value per channel).
 GRIDS = {
-    "smoke": [("simple_cnn", ("bn", "gn"), (4, 16))],
+    "smoke": [("mlp", ("bn", "gn"), (4, 16))],
     "quick": [("simple_cnn", NORMS, (2, 4, 8, 16, 32)), ("mlp", ("bn", "gn", "ln"), (2, 32))],
     "full": [("resnet20", NORMS, (2, 4, 8, 16, 32)),
              ("mlp", ("bn", "gn", "ln"), (2, 4, 8, 16, 32))],

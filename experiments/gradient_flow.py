@@ -15,11 +15,12 @@ import ml_collections
 from bnlab.config import load_config_file
 from bnlab.sweep import at_scale, axis, product
 
-DEPTHS = {"smoke": (6,), "quick": (20,), "full": (20, 50)}
+DEPTHS = {"smoke": (3,), "quick": (20,), "full": (20, 50)}
 SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {
-    "smoke": dict(train_size=512, test_size=500, num_steps=16, log_every=8),
-    "quick": dict(train_size=None, test_size=None, num_steps=150, log_every=25),
+    "smoke": dict(train_size=512, test_size=500, num_steps=16, log_every=8, width=4),
+    # The test accuracy is not what C4 measures: 1,000 test images are enough there.
+    "quick": dict(train_size=None, test_size=1000, num_steps=100, log_every=20),
     "full": dict(train_size=None, test_size=None, num_steps=1000, log_every=50),
 }
 

@@ -22,7 +22,8 @@ BASE_LEARNING_RATE = 0.01
 MULTIPLIERS = {"smoke": (1, 30), "quick": (1, 3, 10, 30), "full": (1, 3, 10, 30, 100)}
 SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {  # train examples, test examples, epochs, steps between logs and evaluations
-    "smoke": dict(train_size=1024, test_size=500, num_epochs=0.75, log_every=8),
+    "smoke": dict(model="mlp", train_size=1024, test_size=500, num_epochs=0.75,
+                  log_every=8),
     "quick": dict(train_size=8192, test_size=None, num_epochs=1.0, log_every=16),
     "full": dict(train_size=None, test_size=None, num_epochs=5.0, log_every=100),
 }

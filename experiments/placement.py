@@ -16,7 +16,7 @@ from bnlab.sweep import at_scale, axis, product
 
 SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {
-    "smoke": dict(train_size=512, test_size=500, num_epochs=1.0, log_every=8),
+    "smoke": dict(model="mlp", train_size=512, test_size=500, num_epochs=1.0, log_every=8),
     "quick": dict(train_size=8192, test_size=None, num_epochs=1.0, log_every=32),
     "full": dict(train_size=None, test_size=None, num_epochs=5.0, log_every=100),
 }

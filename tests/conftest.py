@@ -4,7 +4,15 @@ from pathlib import Path
 
 # 8 simulated CPU devices for the cross-device tests; must precede the first JAX
 # import. Single-device runs use the first of them, as they would on a real host.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests compile far more than they compute (hundreds of small programs, a few
+# steps each), so LLVM optimizes less (level 1 of 3): tests/test_pack.py, test_train.py
+# and the twenty-step cross-device test ran in 132 against 187 s, at the same
+# tolerances. Level 0 was faster still but moved a 20-step loss curve by 4e-4, past
+# the 1e-4 that test holds: not taken. XLA's HLO passes, which decide what is
+# computed, run either way.
+# Subprocesses (the CLI tests, the notebooks' kernels) inherit both.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=1")
 
 import pytest
 

@@ -227,3 +227,69 @@ def test_logged_gradient_norms_equal_a_hand_computed_gradient(small_config, tmp_
         assert logged[name] == pytest.approx(value, rel=1e-4), name
     assert train.layer_names({"Conv_10": 0, "Conv_2": 0, "Dense_0": 0}) == [
         "Conv_2", "Conv_10", "Dense_0"]  # depth order for plain_cnn's layers
+
+
+def test_diagnostics_equal_a_hand_computation_and_leave_training_alone(small_config, tmp_path):
+    """log_activations and log_landscape with log_every=1: step 1's values are
+    recomputed here from the state after step 1 on the probe batch (seed + 2), with
+    jax.grad, a hand-written convolution and NumPy; the training metrics equal those
+    of the same run without diagnostics, bit for bit."""
+    from bnlab import data
+
+    small_config.update(log_every=1, num_steps=2, norm="bn", learning_rate=0.05)
+    train.run_prepared(train.prepare(small_config), str(tmp_path / "plain"))
+    small_config.update(log_activations=True, log_landscape=True)
+    run = train.prepare(small_config)
+    train.run_prepared(run, str(tmp_path / "diag"))
+    plain, diag = _rows(tmp_path / "plain"), _rows(tmp_path / "diag")
+    for a, b in zip(plain, diag, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["train_accuracy"] == b["train_accuracy"]
+    first = diag[0]
+
+    # The state after step 1: SGD with momentum 0.9 from zero momentum is w − η·g.
+    variables = run.model.init(jax.random.key(small_config.seed),
+                               jnp.zeros((32,) + run.train_set.image_shape), train=True)
+    images, labels = next(data.train_batches(run.train_set, 32, small_config.seed))
+
+    def loss(params, images, labels, batch_stats=variables["batch_stats"]):
+        logits, updates = run.model.apply({"params": params, "batch_stats": batch_stats},
+                                          images, train=True, mutable=["batch_stats"])
+        log_p = jax.nn.log_softmax(logits)
+        return -jnp.mean(log_p[jnp.arange(len(labels)), labels]), updates
+
+    grads, updates = jax.grad(loss, has_aux=True)(variables["params"], images, labels)
+    params = jax.tree.map(lambda w, g: w - 0.05 * g, variables["params"], grads)
+    stats = updates["batch_stats"]
+    probe, probe_labels = next(data.train_batches(run.train_set, 32, small_config.seed + 2))
+
+    # conv1's output by hand: 3×3, padding 1, plus bias.
+    kernel, bias = (np.asarray(params["conv1"][k], np.float64) for k in ("kernel", "bias"))
+    padded = np.pad(np.asarray(probe, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = sum(np.einsum("nhwc,cf->nhwf", padded[:, i:i + 28, j:j + 28], kernel[i, j])
+              for i in range(3) for j in range(3)) + bias
+    assert first["act_mean/conv1"] == pytest.approx(out.mean(), rel=1e-4, abs=1e-6)
+    assert first["act_std/conv1"] == pytest.approx(out.std(), rel=1e-4)
+
+    def flat(tree):
+        return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+
+    def grad_at(p):
+        return jax.grad(lambda q: loss(q, probe, probe_labels, stats)[0])(p)
+
+    g = grad_at(params)
+    # ICS of fc2: every layer before it steps by −η·g, fc2 stays; its gradient moves.
+    moved = {k: (v if k == "fc2" else jax.tree.map(lambda w, d: w - 0.05 * d, v, g[k]))
+             for k, v in params.items()}
+    before, after = flat(g["fc2"]), flat(grad_at(moved)["fc2"])
+    assert first["ics/fc2"] == pytest.approx(
+        np.linalg.norm(before - after) / np.linalg.norm(before), rel=1e-3)
+    assert first["ics_cos/fc2"] == pytest.approx(
+        before @ after / np.linalg.norm(before) / np.linalg.norm(after), rel=1e-4)
+    assert "ics/conv1" not in first  # nothing comes before the first layer
+    # β-smoothness along the gradient: the largest ‖Δg‖ / ‖Δw‖ over ½η..4η.
+    betas = []
+    for size in (0.5, 1.0, 2.0, 4.0):
+        step = jax.tree.map(lambda w, d, s=size: w - s * 0.05 * d, params, g)
+        betas.append(np.linalg.norm(flat(grad_at(step)) - flat(g))
+                     / (size * 0.05 * np.linalg.norm(flat(g))))
+    assert first["landscape/beta"] == pytest.approx(max(betas), rel=1e-3)
