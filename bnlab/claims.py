@@ -164,6 +164,15 @@ def _small_batch(runs: pd.DataFrame) -> Verdict:
     details = {"model": model, "small_batch": int(small), "large_batch": int(large),
                "drop": {norm: drop(norm).jsonable() for norm in sorted(set(runs["norm"]))
                         if norm != "none"}}
+    # BN's train/test discrepancy (Wu & Johnson 2021): the same BN runs tested with
+    # running averages (EMA), PreciseBN population statistics and batch statistics.
+    modes = {"ema": "test_accuracy", "precise_bn": "test_accuracy_precise_bn",
+             "batch_statistics": "test_accuracy_batch_stats"}
+    bn = runs[runs["norm"] == "bn"]
+    if all(column in bn for column in modes.values()):
+        details["bn_test_accuracy_by_statistics"] = {
+            f"batch {size}": {mode: float(np.nanmean(_values(bn[bn["batch_size"] == size], c)))
+                              for mode, c in modes.items()} for size in (small, large)}
     effect = f"BN's accuracy drop from batch {large} to {small}, minus GN's"
     if model:
         effect += f" ({model})"

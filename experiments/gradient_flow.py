@@ -33,6 +33,7 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     config.learning_rate = 0.02
     config.update(at_scale(SIZES, scale))
     config.log_grad_norms = True
+    config.log_activations = True  # each layer's output mean/std at every log
     return config
 
 
