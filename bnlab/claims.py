@@ -543,11 +543,96 @@ def mechanism_rule(runs: pd.DataFrame) -> Verdict:
     return Verdict("C10", verdict, effect, _ratio(ics), details, at)
 
 
-def _needs_sequences(claim: str) -> Callable[[pd.DataFrame], Verdict]:
-    def rule(runs: pd.DataFrame) -> Verdict:
-        return _not_measured(claim, "needs the sequence experiment (padded variable-length "
-                             "sequences), not built yet")
-    return rule
+def _sequence_runs(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The padded-sequence runs (`sequences.py`) that compare BN with LN, all else
+    equal but the norm, `mask_padding` and the seed; None without them."""
+    runs = runs[runs["status"] == "done"]
+    if "dataset" in runs:
+        runs = runs[runs["dataset"] == "fashion_mnist_rows"]
+    candidates = [g for g in _comparable(runs, ("mask_padding",))
+                  if {"bn", "ln"} <= set(g["norm"]) and "mask_padding" in g]
+    return candidates[0] if candidates else None
+
+
+def _sequence_norms(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    masked = runs["mask_padding"].fillna(False).astype(bool)
+    out = {"bn (naive)": runs[(runs["norm"] == "bn") & ~masked],
+           "bn (masked)": runs[(runs["norm"] == "bn") & masked]}
+    out.update({norm: runs[runs["norm"] == norm] for norm in ("ln", "gn", "none")})
+    return {name: group for name, group in out.items() if len(group)}
+
+
+def sequence_rule(runs: pd.DataFrame) -> Verdict:
+    """C8: on padded variable-length sequences LN does better than BN with the
+    padding in its statistics (the naive way). Effect: test accuracy, LN minus naive
+    BN, means over seeds. How much the padding moves BN is in `details`: the share
+    of test predictions that change when the test set is padded further, with each
+    batch's own statistics (as BN trains) and as the model is evaluated; and masked
+    BN's and GN's accuracy."""
+    at = _sequence_runs(runs)
+    if at is None:
+        return _not_measured("C8", "needs seq_cnn runs on fashion_mnist_rows with bn and ln, "
+                             "all else equal (experiments/sequences.py)")
+    groups = _sequence_norms(at)
+    if "bn (naive)" not in groups:
+        return _not_measured("C8", "needs naive BN runs (mask_padding=False)")
+    estimate = contrast([(1, _values(groups["ln"], "test_accuracy")),
+                         (-1, _values(groups["bn (naive)"], "test_accuracy"))])
+
+    def mean(group, metric):
+        return float(np.nanmean(_values(group, metric))) if metric in group else math.nan
+
+    details = {
+        "test_accuracy": {n: mean(g, "test_accuracy") for n, g in groups.items()},
+        "predictions_changed_by_more_padding": {
+            "with batch statistics": {n: mean(g, "prediction_change_padded_batch_stats")
+                                      for n, g in groups.items() if n.startswith("bn")},
+            "as evaluated": {n: mean(g, "prediction_change_padded") for n, g in groups.items()}},
+        "seeds": int(min(len(g) for g in groups.values()))}
+    effect = "test accuracy on padded sequences, LN minus BN with padding in its statistics"
+    return Verdict("C8", _judge(estimate, ACCURACY_MARGIN), effect, estimate, details, at)
+
+
+# GN "works" in a regime when it loses less than this (accuracy, absolute) there.
+WORKS_MARGIN = 0.02
+
+
+def alternatives_rule(runs: pd.DataFrame) -> Verdict:
+    """C9: GN works in both regimes, small batches (where BN fails) and sequences
+    (where LN is at home). Effect: GN's largest shortfall over the regimes: its own
+    accuracy drop from the largest batch to the smallest (each model of the
+    batch-size experiment), and LN's accuracy minus GN's on padded sequences.
+    SUPPORTED when every shortfall's interval lies below `WORKS_MARGIN`, NOT
+    SUPPORTED when one lies wholly above it."""
+    shortfalls: dict[str, Estimate] = {}
+    batch = [g for g in _comparable(_finished(runs), ("batch_size", "learning_rate"))
+             if "gn" in set(g["norm"]) and g["batch_size"].nunique() >= 2]
+    for group in batch:
+        small, large = group["batch_size"].min(), group["batch_size"].max()
+        gn = group[group["norm"] == "gn"]
+        model = group["model"].iloc[0] if "model" in group else "model"
+        shortfalls[f"small batch ({model}): GN's drop from {large} to {small}"] = contrast(
+            [(1, _values(gn[gn["batch_size"] == large], "test_accuracy")),
+             (-1, _values(gn[gn["batch_size"] == small], "test_accuracy"))])
+    sequences = _sequence_runs(runs)
+    if sequences is not None and "gn" in set(sequences["norm"]):
+        shortfalls["sequences: LN minus GN"] = contrast(
+            [(1, _values(sequences[sequences["norm"] == "ln"], "test_accuracy")),
+             (-1, _values(sequences[sequences["norm"] == "gn"], "test_accuracy"))])
+    if not batch or sequences is None:
+        return _not_measured("C9", "needs gn runs in both regimes: at two batch sizes or "
+                             "more (batch_size.py) and on padded sequences (sequences.py)")
+    worst = max(shortfalls.values(), key=lambda e: e.value)
+    if any(not math.isnan(e.low) and e.low > WORKS_MARGIN for e in shortfalls.values()):
+        verdict = NOT_SUPPORTED
+    elif all(not math.isnan(e.high) and e.high < WORKS_MARGIN for e in shortfalls.values()):
+        verdict = SUPPORTED
+    else:
+        verdict = INCONCLUSIVE
+    details = {"shortfalls": {k: v.jsonable() for k, v in shortfalls.items()},
+               "works_margin": WORKS_MARGIN}
+    effect = "GN's largest accuracy shortfall over the regimes (small batch, sequences)"
+    return Verdict("C9", verdict, effect, worst, details, None)
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -571,9 +656,9 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C7", "stats", "μ_B and σ²_B are per-channel vectors over the batch", (),
           statistics_rule),
     Claim("C8", "sequences", "BN suits variable-length sequences badly; LN suits them",
-          ("sequences",), _needs_sequences("C8")),
+          ("sequences",), sequence_rule),
     Claim("C9", "alternatives", "GN sits between BN and LN and works in both regimes",
-          ("batch_size", "sequences"), _needs_sequences("C9")),
+          ("batch_size", "sequences"), alternatives_rule),
     Claim("C10", "mechanism", "BN works by reducing internal covariate shift", ("mechanism",),
           mechanism_rule, reference="Santurkar et al. 2018: BN nets show similar or "
           "larger ICS, and a much smoother loss landscape"),
@@ -646,10 +731,10 @@ def _figure(verdict: Verdict, path) -> bool:
     from bnlab import analysis
 
     runs = verdict.runs
-    if runs is None or verdict.claim not in ("C1", "C2", "C3", "C4", "C5", "C6", "C10"):
+    if runs is None or verdict.claim not in ("C1", "C2", "C3", "C4", "C5", "C6", "C8", "C10"):
         return False
     models = list(dict.fromkeys(runs["model"])) if "model" in runs else [None]
-    panels = len(models) if verdict.claim == "C5" else 2 if verdict.claim == "C10" else 1
+    panels = len(models) if verdict.claim == "C5" else 2 if verdict.claim in ("C8", "C10") else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     try:
@@ -674,6 +759,24 @@ def _figure(verdict: Verdict, path) -> bool:
             analysis.plot_curves(curves, "landscape/beta", ax=axes[0, 1], log_y=True)
             axes[0, 1].set_title("effective β-smoothness (lower: smoother)")
             fig.suptitle(f"C10: {verdict.verdict}")
+        elif verdict.claim == "C8":
+            groups = _sequence_norms(runs)
+            labelled = pd.concat([g.assign(normalization=n) for n, g in groups.items()])
+            _errorbars(ax, labelled, "normalization", ("test_accuracy",), ("",))
+            ax.set_title("test accuracy, padded sequences")
+            changed = verdict.details["predictions_changed_by_more_padding"]
+            names = list(changed["as evaluated"])
+            right = axes[0, 1]
+            for offset, (label, values) in enumerate(changed.items()):
+                bars = right.bar([i + 0.4 * offset for i in range(len(names))],
+                                 [100 * values.get(n, math.nan) for n in names], width=0.4,
+                                 label=label)
+                right.bar_label(bars, fmt="%.1f", fontsize=7)
+            right.set_xticks([i + 0.2 for i in range(len(names))], names)
+            right.set_ylabel("% of test predictions")
+            right.set_title("predictions changed by padding 28 → 56 steps")
+            right.legend()
+            fig.suptitle(f"C8: {verdict.verdict}")
         elif verdict.claim == "C6":
             _errorbars(ax, runs, "norm_placement", ("test_accuracy",), ("test",))
         elif verdict.claim == "C1":
@@ -688,7 +791,7 @@ def _figure(verdict: Verdict, path) -> bool:
         else:
             curves = pd.concat([analysis.load_curves(p) for p in runs["path"]])
             analysis.plot_grad_norms(curves, ax=ax, layers="Conv|Dense")
-        if verdict.claim not in ("C5", "C10"):
+        if verdict.claim not in ("C5", "C8", "C10"):
             ax.set_title(f"{verdict.claim}: {verdict.verdict}")
         fig.savefig(path, dpi=80, bbox_inches="tight")
         return True

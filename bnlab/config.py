@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 
 NORMS = ("bn", "ln", "in", "gn", "none")
-MODELS = ("simple_cnn", "resnet20", "plain_cnn", "mlp")
+MODELS = ("simple_cnn", "resnet20", "plain_cnn", "mlp", "seq_cnn")
 DATASETS = ("fashion_mnist", "synthetic", "cifar10", "<any tfds name>")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -121,6 +121,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.model == "plain_cnn":
         _require(config, "depth", isinstance(config.depth, int) and config.depth >= 3,
                  "plain_cnn needs depth >= 3 (conv layers)")
+    # Sequences go to the sequence model and nothing else does.
+    _require(config, "model", (config.model == "seq_cnn")
+             == (config.dataset == "fashion_mnist_rows"),
+             "seq_cnn and dataset fashion_mnist_rows go together")
+    if config.get("mask_padding", False):
+        _require(config, "mask_padding", config.model == "seq_cnn" and config.norm == "bn",
+                 "masks BN's statistics in seq_cnn (norm='bn')")
+        _require(config, "mask_padding", config.parallel == "none"
+                 and config.virtual_batch_size is None,
+                 "masked BN runs on one device without ghost batches")
 
 
 def norm_options(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -4,6 +4,8 @@
 host memory; `train_batches` and `eval_batches` cut it into batches. Datasets:
   fashion_mnist  the real IDX files: config.data_dir, $BNLAB_DATA_DIR, or Debian's
                  dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
+  fashion_mnist_rows  Fashion-MNIST as variable-length sequences of rows, padded
+                 (`rows_as_sequences`): T×29 per example, the last feature the mask
   synthetic      class templates plus noise, learnable, for tests
   anything else  through tensorflow-datasets (optional extra, requirements-tfds.txt)
 A missing dataset is a `ConfigError` that says how to get it; never random data.
@@ -65,6 +67,8 @@ def load(name: str, split: str, *, data_dir: str | None = None, train_size: int 
         dataset = _synthetic(split, **options)
     elif name == "fashion_mnist":
         dataset = _fashion_mnist_normalized(split, data_dir)
+    elif name == "fashion_mnist_rows":
+        dataset = _fashion_mnist_rows(split, data_dir)
     else:
         dataset = _tfds(name, split, data_dir)
     if split == "train" and train_size is not None:
@@ -118,6 +122,39 @@ def _fashion_mnist_normalized(split: str, data_dir: str | None) -> Dataset:
     dataset.images.setflags(write=False)
     dataset.labels.setflags(write=False)
     return dataset
+
+
+# Each example keeps its top 7 to 28 rows (uniform, fixed per example): a sequence of
+# that length, padded with zero rows to 28.
+MIN_ROWS = 7
+
+
+def rows_as_sequences(images: np.ndarray, lengths: np.ndarray, pad_to: int) -> np.ndarray:
+    """N×H×W×1 images → N×pad_to×(W+1) sequences: row t of example i is its image
+    row t for t < lengths[i] and zeros after (padding); the last feature is the
+    mask, 1 for a real row and 0 for padding."""
+    n, height, width = images.shape[:3]
+    real = np.arange(pad_to)[None, :] < lengths[:, None]  # N×pad_to
+    rows = np.zeros((n, pad_to, width), np.float32)
+    rows[:, :height] = images[..., 0]
+    rows *= real[..., None]
+    return np.concatenate([rows, real[..., None].astype(np.float32)], axis=-1)
+
+
+def pad_sequences(sequences: np.ndarray, pad_to: int) -> np.ndarray:
+    """The same sequences padded further, to `pad_to` steps (zero rows, mask 0)."""
+    extra = pad_to - sequences.shape[1]
+    return np.pad(sequences, ((0, 0), (0, extra), (0, 0))) if extra > 0 else sequences
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_mnist_rows(split: str, data_dir: str | None) -> Dataset:
+    images = _fashion_mnist_normalized(split, data_dir)
+    lengths = np.random.default_rng(("train", "test").index(split)).integers(
+        MIN_ROWS, images.images.shape[1] + 1, len(images))
+    sequences = rows_as_sequences(images.images, lengths, images.images.shape[1])
+    sequences.setflags(write=False)
+    return Dataset("fashion_mnist_rows", split, sequences, images.labels, 10)
 
 
 @functools.lru_cache(maxsize=4)

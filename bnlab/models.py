@@ -233,15 +233,60 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class SequenceCNN(nn.Module):
+    """For padded variable-length sequences (data 'fashion_mnist_rows': T steps of
+    features, the last feature the mask): two 1-D convolutions over time (kernel 3,
+    `width` channels), each conv → norm → ReLU with padded steps zeroed, then the
+    mean over the real steps and a linear classifier.
+
+    The norms see a (batch·time) × channels tensor: LN and GN normalize each step's
+    own channels, as in sequence models, and never see padding; BN's statistics are
+    over batch and time, padding included (the naive way) or, with `mask_padding`,
+    over the real steps only (masked BN)."""
+
+    num_classes: int = 10
+    width: int = 64
+    norm: str = "bn"
+    norm_options: tuple = ()
+    norm_placement: str = "before_activation"
+    mask_padding: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        if x.ndim != 3:
+            raise ConfigError("model", "seq_cnn", f"takes sequences (batch × time × features); "
+                              f"got input of shape {x.shape} (use dataset fashion_mnist_rows)")
+        mask = x[..., -1].astype(jnp.float32)
+        h = x[..., :-1].astype(self.dtype)
+        n, steps = mask.shape
+        for i in range(2):
+            h = nn.Conv(self.width, (3,), padding=1, dtype=self.dtype, name=f"conv{i + 1}")(h)
+            h = h * mask[..., None].astype(h.dtype)
+            flat = h.reshape((n * steps, self.width))
+            layer = norms.make(self.norm, **dict(self.norm_options))
+            extra = ({"mask": mask.reshape(-1)} if self.mask_padding and self.norm == "bn"
+                     else {})
+            if self.norm_placement == "before_activation":
+                flat = nn.relu(layer(flat, train=train, **extra))
+            else:
+                flat = layer(nn.relu(flat), train=train, **extra)
+            h = flat.reshape((n, steps, self.width)) * mask[..., None].astype(h.dtype)
+        pooled = jnp.sum(h.astype(jnp.float32), axis=1) / jnp.maximum(
+            jnp.sum(mask, axis=1, keepdims=True), 1.0)
+        return nn.Dense(self.num_classes, name="fc")(pooled)
+
+
 _MODELS: dict[str, type[nn.Module]] = {
     "simple_cnn": SimpleCNN, "resnet20": ResNet20, "plain_cnn": PlainCNN, "mlp": MLP,
+    "seq_cnn": SequenceCNN,
 }
 
 
 def make(name: str, norm: str = "bn", num_classes: int = 10,
          norm_options: dict[str, Any] | None = None, dtype: str = "float32",
          **options: Any) -> nn.Module:
-    """A model by name: 'simple_cnn', 'resnet20', 'plain_cnn' or 'mlp'.
+    """A model by name: 'simple_cnn', 'resnet20', 'plain_cnn', 'mlp' or 'seq_cnn'.
 
     `norm` and `norm_options` go to `bnlab.norms.make` for every normalized layer;
     `dtype` is the compute dtype (parameters and norm statistics stay float32);

@@ -67,13 +67,22 @@ class BatchNorm(nn.Module):
     sync_groups: tuple[tuple[int, ...], ...] | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = True,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """`mask` (x.shape[:-1], 1 for a real value, 0 for padding): statistics over
+        the real values only (masked BN for padded sequences); one device, no ghost
+        batches."""
         features = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         if not train:
             y = (x.astype(jnp.float32) - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
             return _affine(self, y, features, x.dtype)
+        if mask is not None:
+            if self.virtual_batch_size or self.sync_axis_name or self.axis_name:
+                raise ConfigError("mask_padding", True, "masked BN runs on one device "
+                                  "without ghost batches")
+            return self._masked(x, mask, ra_mean, ra_var)
 
         ghost = self.virtual_batch_size or x.shape[0]
         if x.shape[0] % ghost:
@@ -94,6 +103,20 @@ class BatchNorm(nn.Module):
                 batch_mean, batch_var = jax.lax.pmean((batch_mean, batch_var), self.axis_name)
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * batch_mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * batch_var
+        return _affine(self, y, features, x.dtype)
+
+    def _masked(self, x, mask, ra_mean, ra_var):
+        """Two-pass weighted moments over every axis but the channels."""
+        features, axes = x.shape[-1], tuple(range(x.ndim - 1))
+        weight = mask.astype(jnp.float32)[..., None]
+        count = jnp.maximum(jnp.sum(weight), 1.0)
+        xf = x.astype(jnp.float32)
+        mean = jnp.sum(xf * weight, axes) / count
+        var = jnp.sum(jnp.square(xf - mean) * weight, axes) / count
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         return _affine(self, y, features, x.dtype)
 
     def values_per_statistic(self, shape: tuple[int, ...]) -> int:

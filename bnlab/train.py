@@ -91,6 +91,8 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     model_options: dict[str, Any] = {"norm_placement": config.norm_placement}
     if config.model == "plain_cnn":
         model_options.update(depth=config.depth, width=config.width)
+    if config.model == "seq_cnn":
+        model_options.update(mask_padding=config.mask_padding)
     model = models.make(config.model, norm=config.norm, num_classes=train_set.num_classes,
                         norm_options=norm_options, dtype=config.dtype, **model_options)
     # Tracing init at the per-device batch shape finds shape errors (GN groups that do
@@ -537,6 +539,50 @@ def _final_bn_evaluations(run: Prepared, steps: Steps, state: TrainState) -> dic
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _predict_function(model, train: bool):
+    """(state, images) → predicted classes; with `train`, BN uses each batch's own
+    statistics (and nothing is updated)."""
+    def predict(state: TrainState, images):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        if train:
+            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        else:
+            logits = model.apply(variables, images, train=False)
+        return jnp.argmax(logits, -1)
+    return jax.jit(predict)
+
+
+def _predictions(model, state: TrainState, images: np.ndarray, batch_size: int,
+                 train: bool) -> np.ndarray:
+    """Predictions for the first ⌊N / batch_size⌋·batch_size examples."""
+    predict = _predict_function(model, train)
+    return np.concatenate([np.asarray(predict(state, images[i:i + batch_size]))
+                           for i in range(0, len(images) - batch_size + 1, batch_size)])
+
+
+def _final_padding_evaluations(run: Prepared, state: TrainState) -> dict[str, float]:
+    """For padded sequences (C8): the test set padded further, to twice its length.
+    `test_accuracy_padded`, and `prediction_change_padded`, the fraction of test
+    predictions that change, as the model is evaluated; for BN also
+    `prediction_change_padded_batch_stats`, with each batch's own statistics (how
+    BN computes in training), in batches of the training batch size."""
+    config, test = run.config, run.test_set
+    if config.dataset != "fashion_mnist_rows":
+        return {}
+    longer = data.pad_sequences(test.images, 2 * test.images.shape[1])
+    size = min(config.eval_batch_size, len(test))
+    short = _predictions(run.model, state, test.images, size, False)
+    long = _predictions(run.model, state, longer, size, False)
+    out = {"test_accuracy_padded": float(np.mean(long == test.labels[:len(long)])),
+           "prediction_change_padded": float(np.mean(short != long))}
+    if config.norm == "bn":
+        short = _predictions(run.model, state, test.images, config.batch_size, True)
+        long = _predictions(run.model, state, longer, config.batch_size, True)
+        out["prediction_change_padded_batch_stats"] = float(np.mean(short != long))
+    return out
+
+
 def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Checkpoints | None,
            start_step: int, previous: list[dict[str, Any]]) -> dict[str, Any]:
     config, layout = run.config, run.layout
@@ -629,6 +675,7 @@ def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Chec
                     steps_to_target = step
             if is_last:
                 row.update(_final_bn_evaluations(run, steps, state))
+                row.update(_final_padding_evaluations(run, state))
             eval_s += time.perf_counter() - eval_start
             writer.log(step, row)
             last = row
@@ -664,7 +711,8 @@ def _summary(config, train_examples: int, steps_done: int, diverged_step: int | 
     """What summary.json says of a run (packed or not), from its last metrics row."""
     timed_steps = steps_done - start_step - timing["first_call_steps"]
     train_s = timing["wall"] - timing["first_step_s"] - timing["eval_s"]
-    extra_evals = {k: v for k, v in last.items() if k.endswith(("_precise_bn", "_batch_stats"))}
+    extra_evals = {k: v for k, v in last.items()
+                   if k.endswith(("_precise_bn", "_batch_stats", "_padded"))}
     return {
         "step": steps_done,
         "epochs": steps_done * config.batch_size / train_examples,
@@ -699,7 +747,8 @@ def pack_key(config: ml_collections.ConfigDict) -> str | None:
     """Runs with the same key can be packed together; None for a run that cannot be
     (packing is one device, with the data on the device: no augmentation)."""
     if (config.parallel != "none" or config.augment or config.get("log_activations")
-            or config.get("log_landscape")):  # diagnostics are logged run by run
+            or config.get("log_landscape")  # diagnostics are logged run by run
+            or config.dataset == "fashion_mnist_rows"):  # so are padding evaluations
         return None
     identity = config_lib.identity(config)
     return tracking.config_hash({k: v for k, v in identity.items() if k not in PACK_FIELDS})

@@ -13,14 +13,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     # Data: fashion_mnist (Debian's dataset-fashion-mnist, $BNLAB_DATA_DIR or
-    # data_dir), synthetic, or a tensorflow-datasets name such as cifar10.
+    # data_dir), fashion_mnist_rows (its rows as padded variable-length sequences,
+    # for seq_cnn), synthetic, or a tensorflow-datasets name such as cifar10.
     config.dataset = "fashion_mnist"
     config.data_dir = placeholder(str)
     config.train_size = placeholder(int)  # a fixed subset of the train split
     config.test_size = placeholder(int)  # evaluate on the first n test examples (all: unset)
     config.augment = False  # random crop (pad 4) + horizontal flip
 
-    # Model: simple_cnn (the article's), resnet20, plain_cnn, mlp.
+    # Model: simple_cnn (the article's), resnet20, plain_cnn, mlp, seq_cnn (sequences).
     config.model = "simple_cnn"
     config.depth = 20  # plain_cnn: conv layers
     config.width = 16  # plain_cnn: channels of the first stage
@@ -29,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Normalization: bn, ln, in, gn, none.
     config.norm = "bn"
     config.norm_placement = "before_activation"  # or after_activation
+    # seq_cnn on fashion_mnist_rows: BN's statistics over the real steps only, not
+    # the padding (masked BN); LN and GN normalize each step and never see padding.
+    config.mask_padding = False
     config.norm_epsilon = 1e-5
     config.bn_momentum = 0.9  # running = 0.9·running + 0.1·batch (PyTorch's momentum=0.1)
     config.virtual_batch_size = placeholder(int)  # ghost BN: statistics per sub-batch

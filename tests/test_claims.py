@@ -20,7 +20,7 @@ def _write_runs(folder, rows):
         run_dir = folder / "runs" / f"run-{i:03d}"
         run_dir.mkdir(parents=True)
         config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model",
-                                      "norm_placement") if k in row}
+                                      "norm_placement", "mask_padding") if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
         tracking.write_json_atomic(run_dir / "status.json", {"status": status})
@@ -238,3 +238,50 @@ def test_statistics_claim_is_computed_and_can_fail(monkeypatch):
     monkeypatch.setattr(norms, "make", lambda name, **o: real(name, **{**o, "momentum": 0.0,
                                                                       "virtual_batch_size": 1}))
     assert claims.statistics_rule().verdict == claims.NOT_SUPPORTED
+
+
+def _sequence_rows(accuracy):
+    """Runs of the sequence experiment: accuracy(name, seed) for each normalization."""
+    rows = []
+    for name, norm, masked in (("naive", "bn", False), ("masked", "bn", True),
+                               ("ln", "ln", False), ("gn", "gn", False)):
+        for seed in (0, 1, 2):
+            rows.append({"norm": norm, "seed": seed, "mask_padding": masked,
+                         "test_accuracy": accuracy(name, seed)})
+    return rows
+
+
+@pytest.mark.parametrize("naive,verdict", [
+    (0.80, claims.SUPPORTED), (0.85, claims.NOT_SUPPORTED), (None, claims.INCONCLUSIVE)])
+def test_sequence_verdicts(tmp_path, naive, verdict):
+    def accuracy(name, seed):
+        if name == "naive":
+            return naive + NOISE[seed] if naive else [0.70, 0.85, 0.99][seed]
+        return 0.85 + NOISE[seed]
+
+    runs = _write_runs(tmp_path, _sequence_rows(accuracy))
+    result = claims.sequence_rule(runs)
+    assert result.verdict == verdict, result
+    assert result.details["test_accuracy"]["bn (masked)"] == pytest.approx(0.85)
+
+
+@pytest.mark.parametrize("gn_small,gn_sequences,verdict", [
+    (0.85, 0.85, claims.SUPPORTED),       # GN loses nothing in either regime
+    (0.85, 0.80, claims.NOT_SUPPORTED),   # GN 5 points behind LN on sequences
+    (0.70, 0.85, claims.NOT_SUPPORTED),   # GN 15 points down at batch 2
+    (None, 0.85, claims.INCONCLUSIVE)])   # seeds spread too wide to tell
+def test_alternatives_verdicts(tmp_path, gn_small, gn_sequences, verdict):
+    def batch_accuracy(norm, batch, rate, seed):
+        if norm == "gn" and batch == 2:
+            return gn_small + NOISE[seed] if gn_small else [0.60, 0.85, 0.99][seed]
+        return 0.85 + NOISE[seed]
+
+    rows = _grid(batch_accuracy, ("bn", "gn"), sizes=(2, 32))
+    sequences = _sequence_rows(lambda name, seed: (gn_sequences if name == "gn" else 0.85)
+                               + NOISE[seed])
+    for row in sequences:
+        row["batch_size"] = 7  # another setting: never compared with the batch-size runs
+    runs = _write_runs(tmp_path, rows + sequences)
+    result = claims.alternatives_rule(runs)
+    assert result.verdict == verdict, result
+    assert len(result.details["shortfalls"]) == 2

@@ -135,3 +135,25 @@ def test_shifted_matmul_conv_equals_flax_conv(strides, use_bias, channels):
                     jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(flax_conv, variables, x)),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm,mask_padding,moves", [
+    ("bn", False, True), ("bn", True, False), ("ln", False, False), ("gn", False, False)])
+def test_only_naive_bn_depends_on_how_far_sequences_are_padded(norm, mask_padding, moves):
+    """seq_cnn in training mode on the same 8 sequences padded to 28 and to 56
+    steps: only BN with padding in its statistics gives other outputs."""
+    from bnlab import data
+
+    lengths = np.array([7, 10, 14, 18, 21, 24, 27, 28])
+    images = np.random.default_rng(0).normal(size=(8, 28, 28, 1)).astype(np.float32)
+    short = data.rows_as_sequences(images, lengths, 28)
+    assert short.shape == (8, 28, 29)
+    np.testing.assert_array_equal(short[..., -1].sum(1), lengths)
+    assert not short[0, 7:].any() and np.array_equal(short[0, :7, :-1], images[0, :7, :, 0])
+    model = models.make("seq_cnn", norm=norm, mask_padding=mask_padding,
+                        norm_options={"num_groups": 8} if norm == "gn" else {})
+    variables = model.init(jax.random.key(0), jnp.asarray(short), train=True)
+    outputs = [model.apply(variables, jnp.asarray(data.pad_sequences(short, steps)),
+                           train=True, mutable=["batch_stats"])[0] for steps in (28, 56)]
+    difference = float(jnp.abs(outputs[0] - outputs[1]).max())
+    assert (difference > 1e-2) if moves else (difference < 1e-5), difference

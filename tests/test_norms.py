@@ -166,3 +166,25 @@ def test_none_is_identity():
     y, variables, _ = _apply(norms.make("none"), x)
     np.testing.assert_array_equal(y, x)
     assert not jax.tree.leaves(variables)
+
+
+def test_masked_bn_uses_only_the_real_values():
+    """Masked BN (padded sequences) normalizes with the mean and biased variance of
+    the unmasked rows, by hand in NumPy, and keeps those as its running statistics."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, (40, 5)).astype(np.float32)
+    mask = (rng.random(40) < 0.6).astype(np.float32)
+    x[mask == 0] = 0.0  # padding, as the sequence model zeroes it
+    layer = norms.make("bn", momentum=0.0)
+    variables = layer.init(jax.random.key(0), jnp.asarray(x))
+    y, updates = layer.apply(variables, jnp.asarray(x), mask=jnp.asarray(mask),
+                             mutable=["batch_stats"])
+    real = x[mask == 1].astype(np.float64)
+    mean, var = real.mean(0), real.var(0)
+    np.testing.assert_allclose(np.asarray(y)[mask == 1], (real - mean) / np.sqrt(var + 1e-5),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], var, rtol=1e-5)
+    # Unmasked, the zeros pull the statistics: the naive way differs.
+    naive, _ = layer.apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+    assert np.abs(np.asarray(naive)[mask == 1] - np.asarray(y)[mask == 1]).max() > 0.1

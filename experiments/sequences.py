@@ -1,0 +1,44 @@
+"""C8 sequences (and C9): does BN suit padded variable-length sequences badly,
+where LN (and GN) suit them?
+
+Fashion-MNIST rows as sequences (`fashion_mnist_rows`: each image keeps its top 7
+to 28 rows, padded with zero rows to 28) and a small 1-D conv net over time
+(`seq_cnn`). BN with statistics over batch and time, padding included (the naive
+way, `mask_padding=False`) and over the real steps only (masked BN), against LN and
+GN, which normalize each step. After training the test set is padded further, to
+56 steps: how many predictions change, as the model is evaluated and, for BN, with
+each batch's own statistics (how BN computes while it trains).
+  python -m bnlab sweep experiments/sequences.py --workdir runs/sequences
+`get_config(scale)` / `get_sweep(scale)` size it for `bnlab reproduce --scale`
+(the sweep command uses "quick").
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from bnlab.config import load_config_file
+from bnlab.sweep import at_scale, axis, chain, product
+
+SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
+SIZES = {
+    "smoke": dict(train_size=512, test_size=500, num_epochs=1.0, log_every=8),
+    "quick": dict(train_size=8192, test_size=None, num_epochs=1.0, log_every=64),
+    "full": dict(train_size=None, test_size=None, num_epochs=5.0, log_every=200),
+}
+
+
+def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
+    config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
+    config.dataset = "fashion_mnist_rows"
+    config.model = "seq_cnn"
+    config.batch_size = 32
+    config.num_groups = 8  # 64 channels: groups of 8
+    config.update(at_scale(SIZES, scale))
+    return config
+
+
+def get_sweep(scale: str = "quick") -> list[dict]:
+    seeds = axis("seed", at_scale(SEEDS, scale))
+    return chain(product(axis("norm", ("bn",)), axis("mask_padding", (False, True)), seeds),
+                 product(axis("norm", ("ln", "gn")), seeds))
