@@ -77,11 +77,27 @@ def chain(*grids: list[dict[str, Any]]) -> list[dict[str, Any]]:
 SCALES = ("smoke", "quick", "full")
 
 
+# Seeds per scale: every claim's verdict rests on at least 3 seeds from "quick" up.
+SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
+
+
 def at_scale(table: dict[str, Any], scale: str) -> Any:
     """An experiment file's setting for `scale`: `table[scale]`, checked."""
     if scale not in SCALES or scale not in table:
         raise config_lib.ConfigError("scale", scale, f"allowed: {', '.join(table)}")
     return table[scale]
+
+
+def scaled_default(sizes: dict[str, dict[str, Any]], scale: str) -> ml_collections.ConfigDict:
+    """configs/default.py with an experiment's settings for `scale` (`sizes[scale]`)."""
+    config = config_lib.load_config_file(config_lib.DEFAULT_CONFIG_FILE)
+    config.update(at_scale(sizes, scale))
+    return config
+
+
+def seeds(scale: str) -> list[dict[str, Any]]:
+    """The seed axis of an experiment at `scale` (`SEEDS`)."""
+    return axis("seed", at_scale(SEEDS, scale))
 
 
 # ---------------------------------------------------------------- planning

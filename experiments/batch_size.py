@@ -10,12 +10,9 @@ GN paper does. One device: the normalization batch is the SGD batch.
 (the sweep command uses "quick"); "full" trains ResNet-20.
 """
 
-from pathlib import Path
-
 import ml_collections
 
-from bnlab.config import load_config_file
-from bnlab.sweep import at_scale, axis, chain, product, zipped
+from bnlab.sweep import at_scale, axis, chain, product, scaled_default, seeds, zipped
 
 NORMS = ("bn", "gn", "ln", "in")
 LEARNING_RATE_AT_32 = 0.05
@@ -26,7 +23,6 @@ GRIDS = {
     "full": [("resnet20", NORMS, (2, 4, 8, 16, 32)),
              ("mlp", ("bn", "gn", "ln"), (2, 4, 8, 16, 32))],
 }
-SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {
     "smoke": dict(train_size=128, test_size=500, num_epochs=1.0, log_every=8),
     "quick": dict(train_size=4096, test_size=None, num_epochs=1.0, log_every=100),
@@ -35,8 +31,7 @@ SIZES = {
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
-    config.update(at_scale(SIZES, scale))
+    config = scaled_default(SIZES, scale)
     config.num_groups = 4  # SimpleCNN's 16 and 32 channels and the MLP's 100: 4 groups
     # BN's train/test discrepancy at small normalization batch (Wu & Johnson 2021):
     # the test set also with PreciseBN population statistics and with batch statistics.
@@ -49,4 +44,4 @@ def get_sweep(scale: str = "quick") -> list[dict]:
         axis("model", [model]), axis("norm", norms),
         zipped(batch_size=list(sizes),
                learning_rate=[round(LEARNING_RATE_AT_32 * b / 32, 6) for b in sizes]),
-        axis("seed", at_scale(SEEDS, scale))) for model, norms, sizes in at_scale(GRIDS, scale)))
+        seeds(scale)) for model, norms, sizes in at_scale(GRIDS, scale)))

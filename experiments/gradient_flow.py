@@ -8,30 +8,24 @@ momentum on Fashion-MNIST, with each layer's gradient norm logged
 (the sweep command uses "quick"); "full" adds depth 50.
 """
 
-from pathlib import Path
-
 import ml_collections
 
-from bnlab.config import load_config_file
-from bnlab.sweep import at_scale, axis, product
+from bnlab.sweep import at_scale, axis, product, scaled_default, seeds
 
 DEPTHS = {"smoke": (3,), "quick": (20,), "full": (20, 50)}
-SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {
     "smoke": dict(train_size=512, test_size=500, num_steps=16, log_every=8, width=4),
     # The test accuracy is not what C4 measures: 1,000 test images are enough there.
-    "quick": dict(train_size=None, test_size=1000, num_steps=100, log_every=20),
-    "full": dict(train_size=None, test_size=None, num_steps=1000, log_every=50),
+    "quick": dict(train_size=None, test_size=1000, num_steps=100, log_every=20, width=16),
+    "full": dict(train_size=None, test_size=None, num_steps=1000, log_every=50, width=16),
 }
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
+    config = scaled_default(SIZES, scale)
     config.model = "plain_cnn"
-    config.width = 16
     config.batch_size = 64
     config.learning_rate = 0.02
-    config.update(at_scale(SIZES, scale))
     config.log_grad_norms = True
     config.log_activations = True  # each layer's output mean/std at every log
     return config
@@ -39,4 +33,4 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 def get_sweep(scale: str = "quick") -> list[dict]:
     return product(axis("depth", at_scale(DEPTHS, scale)), axis("norm", ("bn", "none")),
-                   axis("seed", at_scale(SEEDS, scale)))
+                   seeds(scale))

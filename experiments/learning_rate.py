@@ -11,16 +11,12 @@ train step per norm: the learning rate is a value.
 (the sweep command uses "quick").
 """
 
-from pathlib import Path
-
 import ml_collections
 
-from bnlab.config import load_config_file
-from bnlab.sweep import at_scale, axis, product
+from bnlab.sweep import at_scale, axis, product, scaled_default, seeds
 
 BASE_LEARNING_RATE = 0.01
 MULTIPLIERS = {"smoke": (1, 30), "quick": (1, 3, 10, 30), "full": (1, 3, 10, 30, 100)}
-SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {  # train examples, test examples, epochs, steps between logs and evaluations
     "smoke": dict(model="mlp", train_size=1024, test_size=500, num_epochs=0.75,
                   log_every=8),
@@ -30,9 +26,8 @@ SIZES = {  # train examples, test examples, epochs, steps between logs and evalu
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
+    config = scaled_default(SIZES, scale)
     config.batch_size = 32 if scale == "smoke" else 64
-    config.update(at_scale(SIZES, scale))
     config.eval_every = config.log_every  # test-accuracy curves: steps to a target (C1)
     return config
 
@@ -42,4 +37,4 @@ def get_sweep(scale: str = "quick") -> list[dict]:
         axis("norm", ("bn", "none")),
         axis("learning_rate", [round(BASE_LEARNING_RATE * m, 6)
                                for m in at_scale(MULTIPLIERS, scale)]),
-        axis("seed", at_scale(SEEDS, scale)))
+        seeds(scale))

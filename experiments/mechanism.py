@@ -10,14 +10,10 @@ gradient change, effective β-smoothness), plus each layer's activation mean/std
 (the sweep command uses "quick").
 """
 
-from pathlib import Path
-
 import ml_collections
 
-from bnlab.config import load_config_file
-from bnlab.sweep import at_scale, axis, product
+from bnlab.sweep import axis, product, scaled_default, seeds
 
-SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {
     "smoke": dict(model="mlp", train_size=512, test_size=500, num_epochs=1.0, log_every=4),
     "quick": dict(train_size=8192, test_size=None, num_epochs=1.0, log_every=16),
@@ -26,12 +22,11 @@ SIZES = {
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
-    config.update(at_scale(SIZES, scale))
+    config = scaled_default(SIZES, scale)
     config.log_activations = True
     config.log_landscape = True
     return config
 
 
 def get_sweep(scale: str = "quick") -> list[dict]:
-    return product(axis("norm", ("bn", "none")), axis("seed", at_scale(SEEDS, scale)))
+    return product(axis("norm", ("bn", "none")), seeds(scale))

@@ -7,14 +7,10 @@ BN before the ReLU (conv → BN → ReLU, the article's) against after it
 (the sweep command uses "quick").
 """
 
-from pathlib import Path
-
 import ml_collections
 
-from bnlab.config import load_config_file
-from bnlab.sweep import at_scale, axis, product
+from bnlab.sweep import axis, product, scaled_default, seeds
 
-SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {
     "smoke": dict(model="mlp", train_size=512, test_size=500, num_epochs=1.0, log_every=8),
     "quick": dict(train_size=8192, test_size=None, num_epochs=1.0, log_every=32),
@@ -23,12 +19,10 @@ SIZES = {
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
-    config.update(at_scale(SIZES, scale))
-    return config
+    return scaled_default(SIZES, scale)
 
 
 def get_sweep(scale: str = "quick") -> list[dict]:
     return product(axis("norm", ("bn",)),
                    axis("norm_placement", ("before_activation", "after_activation")),
-                   axis("seed", at_scale(SEEDS, scale)))
+                   seeds(scale))

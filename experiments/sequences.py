@@ -13,14 +13,10 @@ each batch's own statistics (how BN computes while it trains).
 (the sweep command uses "quick").
 """
 
-from pathlib import Path
-
 import ml_collections
 
-from bnlab.config import load_config_file
-from bnlab.sweep import at_scale, axis, chain, product
+from bnlab.sweep import axis, chain, product, scaled_default, seeds
 
-SEEDS = {"smoke": (0, 1), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 SIZES = {
     "smoke": dict(train_size=512, test_size=500, num_epochs=1.0, log_every=8),
     "quick": dict(train_size=8192, test_size=None, num_epochs=1.0, log_every=64),
@@ -29,16 +25,15 @@ SIZES = {
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    config = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "default.py")
+    config = scaled_default(SIZES, scale)
     config.dataset = "fashion_mnist_rows"
     config.model = "seq_cnn"
     config.batch_size = 32
     config.num_groups = 8  # 64 channels: groups of 8
-    config.update(at_scale(SIZES, scale))
     return config
 
 
 def get_sweep(scale: str = "quick") -> list[dict]:
-    seeds = axis("seed", at_scale(SEEDS, scale))
-    return chain(product(axis("norm", ("bn",)), axis("mask_padding", (False, True)), seeds),
-                 product(axis("norm", ("ln", "gn")), seeds))
+    return chain(product(axis("norm", ("bn",)), axis("mask_padding", (False, True)),
+                         seeds(scale)),
+                 product(axis("norm", ("ln", "gn")), seeds(scale)))
