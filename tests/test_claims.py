@@ -137,11 +137,13 @@ def test_gradient_verdicts(tmp_path, none_spread, verdict):
     runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("bn", "none")))
     for row in runs.to_dict("records"):
         decades = 0.5 if row["norm"] == "bn" else none_spread[row["seed"]]
-        # Two logs; the widest spread is the second one's. Norm layers are left out.
+        # Three logs, the median spread is the second one's (the third's 30 decades,
+        # one layer's gradient near zero once, do not decide). Norm layers are left out.
         metrics = [{"step": 10, "grad_norm/Conv_0": 1.0, "grad_norm/Conv_1": 1.0,
                     "grad_norm/BatchNorm_0": 1e-9},
                    {"step": 20, "grad_norm/Conv_0": 10.0 ** -decades, "grad_norm/Conv_1": 1.0,
-                    "grad_norm/Dense_0": 0.5, "grad_norm/BatchNorm_0": 1e-9}]
+                    "grad_norm/Dense_0": 0.5, "grad_norm/BatchNorm_0": 1e-9},
+                   {"step": 30, "grad_norm/Conv_0": 1e-30, "grad_norm/Conv_1": 1.0}]
         (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
             "".join(json.dumps(m) + "\n" for m in metrics))
     result = claims.gradient_rule(runs)
