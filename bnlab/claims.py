@@ -713,13 +713,16 @@ def _errorbars(ax, runs: pd.DataFrame, by: str, metrics: tuple[str, ...],
     """Mean and 95% interval of each metric (x positions) per value of `by` (colors)."""
     from bnlab import analysis
 
+    groups = runs[by].nunique()
     for x, metric in enumerate(metrics):
         table = analysis.aggregate(runs, by, metric)
         for offset, row in enumerate(table.itertuples()):
             ax.errorbar(x + 0.15 * offset, row.mean, fmt="o", capsize=3,
                         yerr=[[row.mean - row.ci_low], [row.ci_high - row.mean]],
                         color=f"C{offset}", label=getattr(row, by) if x == 0 else None)
-    ax.set_xticks([0.08 + x for x in range(len(metrics))], labels)
+    middle = 0.075 * (groups - 1)  # each metric's label under the middle of its group
+    ax.set_xticks([middle + x for x in range(len(metrics))], labels)
+    ax.set_xlim(-0.3, len(metrics) - 1 + 2 * middle + 0.3)
     ax.set_ylabel("accuracy")
     ax.legend(title=by.replace("_", " "))
     ax.grid(alpha=0.3)
@@ -766,7 +769,7 @@ def _figure(verdict: Verdict, path) -> bool:
         elif verdict.claim == "C8":
             groups = _sequence_norms(runs)
             labelled = pd.concat([g.assign(normalization=n) for n, g in groups.items()])
-            _errorbars(ax, labelled, "normalization", ("test_accuracy",), ("",))
+            _errorbars(ax, labelled, "normalization", ("test_accuracy",), ("test",))
             ax.set_title("test accuracy, padded sequences")
             changed = verdict.details["predictions_changed_by_more_padding"]
             names = list(changed["as evaluated"])
