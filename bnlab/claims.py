@@ -464,6 +464,10 @@ def statistics_rule(runs: pd.DataFrame | None = None) -> Verdict:
     per_channel = all(shape == [channels] for shape in shapes.values())
     verdict = SUPPORTED if per_channel and difference < 1e-5 else NOT_SUPPORTED
     details = {"input_shape": list(x.shape), "statistic_shapes": shapes,
+               "per_channel": {"mean": {"bnlab": np.asarray(stats["mean"]).tolist(),
+                                        "formula": mean.tolist()},
+                               "variance": {"bnlab": np.asarray(stats["var"]).tolist(),
+                                            "formula": var.tolist()}},
                "max_abs_difference": difference}
     return Verdict("C7", verdict, "largest difference from the per-channel formula "
                    "(output, mean; variance relative)",
@@ -738,10 +742,14 @@ def _figure(verdict: Verdict, path) -> bool:
     from bnlab import analysis
 
     runs = verdict.runs
-    if runs is None or verdict.claim not in ("C1", "C2", "C3", "C4", "C5", "C6", "C8", "C10"):
+    drawn_from_details = ("C7", "C9")  # a computation, and two experiments' estimates
+    if (runs is None and verdict.claim not in drawn_from_details) or verdict.claim not in (
+            "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10"):
         return False
-    models = list(dict.fromkeys(runs["model"])) if "model" in runs else [None]
-    panels = len(models) if verdict.claim == "C5" else 2 if verdict.claim in ("C8", "C10") else 1
+    models = (list(dict.fromkeys(runs["model"])) if runs is not None and "model" in runs
+              else [None])
+    panels = (len(models) if verdict.claim == "C5"
+              else 2 if verdict.claim in ("C7", "C8", "C10") else 1)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     try:
@@ -784,6 +792,32 @@ def _figure(verdict: Verdict, path) -> bool:
             right.set_title("predictions changed by padding 28 → 56 steps")
             right.legend()
             fig.suptitle(f"C8: {verdict.verdict}")
+        elif verdict.claim == "C7":
+            for ax, (name, values) in zip(axes[0], verdict.details["per_channel"].items(),
+                                          strict=True):
+                channels = range(len(values["formula"]))
+                ax.bar([c - 0.2 for c in channels], values["bnlab"], width=0.4,
+                       label="bnlab BatchNorm")
+                ax.bar([c + 0.2 for c in channels], values["formula"], width=0.4,
+                       label="formula (NumPy, float64)")
+                ax.set_xticks(list(channels), [f"channel {c}" for c in channels])
+                ax.set_title(f"{'μ_B' if name == 'mean' else 'σ²_B'} per channel")
+                ax.legend()
+            fig.suptitle(f"C7: {verdict.verdict} (largest difference "
+                         f"{verdict.details['max_abs_difference']:.1e})")
+        elif verdict.claim == "C9":
+            shortfalls = verdict.details["shortfalls"]
+            for y, e in enumerate(shortfalls.values()):
+                low = 0.0 if math.isnan(e["low"]) else e["value"] - e["low"]
+                high = 0.0 if math.isnan(e["high"]) else e["high"] - e["value"]
+                ax.errorbar(100 * e["value"], y, xerr=[[100 * low], [100 * high]], fmt="o",
+                            capsize=3, color="C2")
+            ax.axvline(100 * verdict.details["works_margin"], color="k", ls="--", lw=1,
+                       label="works: below this")
+            ax.axvline(0, color="gray", lw=0.5)
+            ax.set_yticks(range(len(shortfalls)), list(shortfalls), fontsize=8)
+            ax.set_xlabel("GN's shortfall (accuracy points, 95% interval)")
+            ax.legend()
         elif verdict.claim == "C6":
             _errorbars(ax, runs, "norm_placement", ("test_accuracy",), ("test",))
         elif verdict.claim == "C1":
@@ -798,7 +832,7 @@ def _figure(verdict: Verdict, path) -> bool:
         else:
             curves = pd.concat([analysis.load_curves(p) for p in runs["path"]])
             analysis.plot_grad_norms(curves, ax=ax, layers="Conv|Dense")
-        if verdict.claim not in ("C5", "C8", "C10"):
+        if verdict.claim not in ("C5", "C7", "C8", "C10"):
             ax.set_title(f"{verdict.claim}: {verdict.verdict}")
         fig.savefig(path, dpi=80, bbox_inches="tight")
         return True
@@ -832,6 +866,8 @@ def _detail_lines(details: dict[str, Any], indent: str = "") -> list[str]:
                                        indent + "  ")
         elif isinstance(value, float):
             lines.append(f"{indent}- {name}: {value:.4g}")
+        elif isinstance(value, list) and all(isinstance(v, float) for v in value):
+            lines.append(f"{indent}- {name}: " + ", ".join(f"{v:.4g}" for v in value))
         else:
             lines.append(f"{indent}- {name}: {value}")
     return lines
