@@ -38,7 +38,14 @@ def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
     planned = {}
     for name in experiments_for(claims):
         module = sweep.load_sweep_file(EXPERIMENTS_DIR / f"{name}.py")
-        planned[name] = sweep.plan(module.get_config(scale), module.get_sweep(scale), overrides)
+        # An experiment's FIXED fields are what it tests with (the sequence
+        # experiment's dataset and model): overrides such as the dataset pass them by.
+        fixed = set(getattr(module, "FIXED", ()))
+        mine = {k: v for k, v in (overrides or {}).items() if k not in fixed}
+        if len(mine) < len(overrides or {}):
+            print(f"{name}: keeps its own {', '.join(sorted(fixed & set(overrides or {})))}",
+                  flush=True)
+        planned[name] = sweep.plan(module.get_config(scale), module.get_sweep(scale), mine)
     return planned
 
 

@@ -17,6 +17,8 @@ import ml_collections
 
 from bnlab.sweep import axis, chain, product, scaled_default, seeds
 
+# `bnlab reproduce --config.dataset=...` leaves these alone: the claim is about sequences.
+FIXED = ("dataset", "model")
 SIZES = {
     "smoke": dict(train_size=512, test_size=500, num_epochs=1.0, log_every=8),
     "quick": dict(train_size=8192, test_size=None, num_epochs=1.0, log_every=64),

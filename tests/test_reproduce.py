@@ -51,3 +51,17 @@ def test_bad_reproduce_input_is_one_line_and_writes_nothing(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_full_scale_plans_resnet20_five_seeds_and_takes_a_dataset_override(capsys):
+    planned = reproduce.plan("full", claims.CLAIMS, {"dataset": "cifar10"})
+    assert set(planned) == set(claims.EXPERIMENTS)
+    batch = planned["batch_size"]
+    assert {r.config.model for r in batch} == {"resnet20", "mlp"}
+    assert {r.config.seed for r in batch} == {0, 1, 2, 3, 4}
+    assert {r.config.batch_size for r in batch} == {2, 4, 8, 16, 32}
+    # The sequence experiment keeps its data: the claim is about sequences.
+    assert {r.config.dataset for r in planned["sequences"]} == {"fashion_mnist_rows"}
+    assert {r.config.dataset for name, runs in planned.items() if name != "sequences"
+            for r in runs} == {"cifar10"}
+    assert "sequences: keeps its own dataset" in capsys.readouterr().out
