@@ -224,20 +224,19 @@ def layer_names(params) -> list[str]:
                                             for t in re.split(r"(\d+)", name)])
 
 
+def _global_norm(tree) -> jax.Array:
+    """The L2 norm of all of a tree's values together, in float32."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def grad_norms(grads) -> jax.Array:
     """The L2 norm of each top-level layer's gradient, in `layer_names` order."""
-    return jnp.stack([jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
-                                   for g in jax.tree.leaves(grads[name])))
-                      for name in layer_names(grads)])
+    return jnp.stack([_global_norm(grads[name]) for name in layer_names(grads)])
 
 
 # Step sizes, in multiples of the learning rate, at which the loss landscape is probed
 # along the gradient (Santurkar et al. 2018, §3.1: ½× to 4× the training step).
 LANDSCAPE_STEPS = (0.5, 1.0, 2.0, 4.0)
-
-
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -251,11 +250,12 @@ def diagnostics_function(model, order: tuple[str, ...], activations: bool, lands
     over the steps w − s·η·g, s in LANDSCAPE_STEPS: `landscape/loss_range` (largest
     minus smallest loss), `landscape/grad_change` (largest ‖g(w − s·η·g) − g‖, the
     gradient's predictiveness: small is predictive) and `landscape/beta` (largest
-    ‖Δg‖/‖Δw‖, the effective β-smoothness). And the internal covariate shift of each
-    layer with parameters but the first (their Definition 2.1): G, its gradient, against G', its
-    gradient after every layer before it (in `order`) took the step w − η·g on the
-    same batch: `ics/LAYER` = ‖G − G'‖/‖G‖ and `ics_cos/LAYER` = cos(G, G'). The
-    step is plain gradient descent, not the run's optimizer (momentum left out)."""
+    ‖Δg‖/‖Δw‖, the effective β-smoothness). And the internal covariate shift of
+    each layer with parameters but the first (their Definition 2.1): G, its
+    gradient, against G', its gradient after every layer before it (in `order`)
+    took the step w − η·g on the same batch: `ics/LAYER` = ‖G − G'‖/‖G‖ and
+    `ics_cos/LAYER` = cos(G, G'). The step is plain gradient descent, not the
+    run's optimizer (momentum left out)."""
 
     def loss_fn(params, batch_stats, images, labels):
         logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images,
