@@ -332,6 +332,17 @@ def gradient_rule(runs: pd.DataFrame) -> Verdict:
     return Verdict("C4", _judge(estimate, SPREAD_MARGIN), effect, estimate, details, runs)
 
 
+def _log_ratio(values: dict[str, np.ndarray]) -> Estimate:
+    """log(no norm's ÷ BN's) for positive values: the difference of mean logs over
+    seeds, with its Welch interval (the scale the verdict is judged on)."""
+    return contrast([(1, np.log(values["none"])), (-1, np.log(values["bn"]))])
+
+
+def _as_ratio(log: Estimate) -> Estimate:
+    """A `_log_ratio` as the ratio of geometric means it stands for, to report."""
+    return Estimate(*(math.exp(x) for x in (log.value, log.low, log.high)), log.dof)
+
+
 def _test_accuracy_curve(run_path: str) -> list[tuple[int, float]]:
     """(step, test accuracy) of every evaluation a run logged, in order."""
     from pathlib import Path
@@ -397,9 +408,8 @@ def speed_rule(runs: pd.DataFrame, target_fraction: float = 0.95) -> Verdict:
                 reached = float(curve[-1][0])
             values.append(reached)
         steps[norm], censored[norm] = np.array(values), missed
-    log_ratio = contrast([(1, np.log(steps["none"])), (-1, np.log(steps["bn"]))])
-    estimate = Estimate(*(math.exp(x) for x in (log_ratio.value, log_ratio.low,
-                                                log_ratio.high)), log_ratio.dof)
+    log_ratio = _log_ratio(steps)
+    estimate = _as_ratio(log_ratio)
     details = {"learning_rate": rate, "target_accuracy": target,
                "final_test_accuracy": final,
                "mean_steps_to_target": {n: float(v.mean()) for n, v in steps.items()},
@@ -495,10 +505,6 @@ def _mean_diagnostics(run_path: str, layers: set[str] | None = None) -> dict[str
     return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
-def _ratio(values: dict[str, np.ndarray]) -> Estimate:
-    """no norm's ÷ BN's, a ratio of geometric means with its interval (Welch on logs)."""
-    log = contrast([(1, np.log(values["none"])), (-1, np.log(values["bn"]))])
-    return Estimate(*(math.exp(x) for x in (log.value, log.low, log.high)), log.dof)
 
 
 # A reduction smaller than this factor is too small to matter.
@@ -539,16 +545,16 @@ def mechanism_rule(runs: pd.DataFrame) -> Verdict:
         return {n: np.array([m[metric] for m in means[n] if metric in m]) for n in means}
 
     ics = values("ics")
-    log_ratio = contrast([(1, np.log(ics["none"])), (-1, np.log(ics["bn"]))])
+    log_ratio = _log_ratio(ics)
     details = {"layers": sorted(common),
                "mean_relative_ics": {n: float(v.mean()) for n, v in ics.items()},
                "mean_ics_cosine": {n: float(v.mean()) for n, v in values("ics_cos").items()},
                "smoothness_none_over_bn": {
-                   metric: _ratio(values(metric)).jsonable()
+                   metric: _as_ratio(_log_ratio(values(metric))).jsonable()
                    for metric in ("beta", "grad_change", "loss_range")}}
     effect = "relative internal covariate shift, no norm's ÷ BN's"
     verdict = _judge(log_ratio, math.log(ICS_MARGIN))
-    return Verdict("C10", verdict, effect, _ratio(ics), details, at)
+    return Verdict("C10", verdict, effect, _as_ratio(log_ratio), details, at)
 
 
 def _sequence_runs(runs: pd.DataFrame) -> pd.DataFrame | None:
