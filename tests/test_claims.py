@@ -287,3 +287,27 @@ def test_alternatives_verdicts(tmp_path, gn_small, gn_sequences, verdict):
     result = claims.alternatives_rule(runs)
     assert result.verdict == verdict, result
     assert len(result.details["shortfalls"]) == 2
+
+
+@pytest.mark.parametrize("none_ics,verdict", [
+    ({0: 0.29, 1: 0.30, 2: 0.31}, claims.SUPPORTED),       # 3× BN's shift
+    ({0: 0.099, 1: 0.10, 2: 0.101}, claims.NOT_SUPPORTED),  # the same as BN's
+    ({0: 0.02, 1: 0.10, 2: 0.90}, claims.INCONCLUSIVE)])    # seeds spread too wide
+def test_mechanism_verdicts(tmp_path, none_ics, verdict):
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("bn", "none")))
+    for row in runs.to_dict("records"):
+        ics = 0.1 * (1 + (row["seed"] - 1) / 100) if row["norm"] == "bn" else none_ics[row["seed"]]
+        # Two logs with the same shift in both weight layers; BN's norm layer has its
+        # own, left out: only the layers both norms have are compared.
+        metrics = [{"step": step, "ics/conv2": ics, "ics/fc": ics, "ics_cos/conv2": 0.9,
+                    "landscape/beta": 2.0 if row["norm"] == "bn" else 4.0,
+                    **({"ics/BatchNorm_0": 5.0} if row["norm"] == "bn" else {})}
+                   for step in (10, 20)]
+        (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
+            "".join(json.dumps(m) + "\n" for m in metrics))
+    result = claims.mechanism_rule(runs)
+    assert result.verdict == verdict, result
+    assert result.details["layers"] == ["conv2", "fc"]
+    assert result.details["smoothness_none_over_bn"]["beta"]["value"] == pytest.approx(2.0)
+    if verdict == claims.SUPPORTED:
+        assert result.estimate.value == pytest.approx(3.0, rel=0.01)
