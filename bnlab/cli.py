@@ -366,9 +366,10 @@ def report_command(argv: list[str]) -> int:
 
 def reproduce_command(argv: list[str]) -> int:
     """The article's claims end to end: the experiments at a scale, then the report."""
+    from bnlab.sweep import SCALES
 
     def define(flags, flag_values):
-        flags.DEFINE_enum("scale", "quick", ["smoke", "quick", "full"],
+        flags.DEFINE_enum("scale", "quick", list(SCALES),
                           "smoke: seconds (a check of the machinery); quick: under 20 min on "
                           "2 CPU cores; full: one GPU", flag_values=flag_values)
         flags.DEFINE_list("claims", None, "only these claims, e.g. C1,C5 (default: all)",

@@ -101,9 +101,12 @@ class BatchNorm(nn.Module):
             batch_var = jnp.mean(var.reshape(-1, features), axis=0)
             if self.axis_name is not None:
                 batch_mean, batch_var = jax.lax.pmean((batch_mean, batch_var), self.axis_name)
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * batch_mean
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * batch_var
+            self._update_running(ra_mean, ra_var, batch_mean, batch_var)
         return _affine(self, y, features, x.dtype)
+
+    def _update_running(self, ra_mean, ra_var, mean, var) -> None:
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
 
     def _masked(self, x, mask, ra_mean, ra_var):
         """Two-pass weighted moments over every axis but the channels."""
@@ -114,8 +117,7 @@ class BatchNorm(nn.Module):
         mean = jnp.sum(xf * weight, axes) / count
         var = jnp.sum(jnp.square(xf - mean) * weight, axes) / count
         if not self.is_initializing():
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+            self._update_running(ra_mean, ra_var, mean, var)
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         return _affine(self, y, features, x.dtype)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from bnlab import claims as claims_lib
-from bnlab import config as config_lib
 from bnlab import sweep, tracking
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -82,8 +81,3 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     tracking.write_json_atomic(about_path, about)
     return claims_lib.write_report(workdir, workdir)
 
-
-def check_scale(scale: str) -> str:
-    if scale not in sweep.SCALES:
-        raise config_lib.ConfigError("scale", scale, f"allowed: {', '.join(sweep.SCALES)}")
-    return scale
