@@ -230,13 +230,25 @@ def step_benchmark(model: str, norm: str, batch_size: int, dtype: str = "float32
     return record
 
 
+def _memory_passes(compiled, tensor_bytes: int) -> float | None:
+    """Bytes the compiled program reads and writes (XLA's cost analysis of the
+    optimized, fused program), in units of the activation tensor."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    moved = (analysis or {}).get("bytes accessed")
+    return None if moved is None else moved / tensor_bytes
+
+
 def norm_benchmark(shape: tuple[int, ...] | None = None, dtype: str = "float32",
                    repeats: int = 50) -> dict[str, Any]:
-    """Forward+backward (gradients for the input and the norm's parameters) of
-    each norm in training mode, against `x * scale + bias` over the same tensor."""
+    """Forward+backward (the output, and the gradients for the input and the norm's
+    parameters) of each norm in training mode, in bnlab's fused formulation and in
+    the two-pass reference (`NAME_reference`), against `x * scale + bias` over the
+    same tensor. `passes`: XLA's count of bytes moved, in tensors."""
     shape = tuple(shape or _backend_defaults()["norm_shape"])
     x = jax.random.normal(jax.random.key(0), shape, jnp.dtype(dtype))
     cotangent = jax.random.normal(jax.random.key(1), shape, jnp.dtype(dtype))
+    tensor_bytes = x.size * x.dtype.itemsize
 
     class Affine(nn.Module):
         @nn.compact
@@ -245,8 +257,10 @@ def norm_benchmark(shape: tuple[int, ...] | None = None, dtype: str = "float32",
             bias = self.param("bias", jax.nn.initializers.zeros, (x.shape[-1],))
             return x * scale.astype(x.dtype) + bias.astype(x.dtype)
 
-    layers = {"affine": Affine(), "bn": norms.make("bn"), "ln": norms.make("ln"),
-              "in": norms.make("in"), "gn": norms.make("gn", num_groups=8)}
+    layers: dict[str, nn.Module] = {"affine": Affine()}
+    for name, options in (("bn", {}), ("ln", {}), ("in", {}), ("gn", {"num_groups": 8})):
+        layers[name] = norms.make(name, **options)
+        layers[name + "_reference"] = norms.make(name, fused=False, **options)
     record: dict[str, Any] = {"bench": "norms", "shape": list(shape), "dtype": dtype,
                               "device": jax.devices()[0].device_kind, "layers": {}}
     for name, layer in layers.items():
@@ -258,12 +272,15 @@ def norm_benchmark(shape: tuple[int, ...] | None = None, dtype: str = "float32",
                 return layer.apply({**variables, "params": params}, x, train=True,
                                    mutable=["batch_stats"])[0]
 
-            _, vjp = jax.vjp(f, params, x)
-            return vjp(cotangent)
+            # The output is returned too: a network reads it, and without it XLA
+            # would drop the forward's write from the measurement.
+            y, vjp = jax.vjp(f, params, x)
+            return y, vjp(cotangent)
 
         params = variables.get("params", {})
         result = _timed(lambda fwd_bwd=fwd_bwd, params=params: fwd_bwd(params, x), 1, repeats)
-        record["layers"][name] = {"ms": 1e3 / result["steps_per_s"]}
+        passes = _memory_passes(fwd_bwd.lower(params, x).compile(), tensor_bytes)
+        record["layers"][name] = {"ms": 1e3 / result["steps_per_s"], "passes": passes}
     reference = record["layers"]["affine"]["ms"]
     for result in record["layers"].values():
         result["vs_affine"] = result["ms"] / reference
@@ -369,8 +386,9 @@ def table(records: list[dict[str, Any]]) -> str:
         elif r["bench"] == "norms":
             head = "×".join(map(str, r["shape"])) + f" {r['dtype']}"
             for name, layer in r["layers"].items():
+                passes = "" if layer.get("passes") is None else f"  {layer['passes']:.1f} passes"
                 lines.append(f"norms {head:28} {name:14} {layer['ms']:10.3f} ms fwd+bwd  "
-                             f"×{layer['vs_affine']:.2f} affine")
+                             f"×{layer['vs_affine']:.2f} affine{passes}")
         elif r["bench"] == "load":
             for name in ("load_runs", "load_curves"):
                 lines.append(f"load  {r['runs']} runs{'':19} {name:14} {r[name + '_s']:10.2f} s "

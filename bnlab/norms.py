@@ -5,6 +5,14 @@ All layers take NHWC (or N×features) input, keep one scale and bias per channel
 the compute dtype, and return the input's dtype. Call them as `layer(x, train=...)`;
 only BN looks at `train`.
 
+Two formulations of the training-mode forward and backward, equal within float32
+rounding (tests/test_norms.py): `fused=True` (the default) is `fused_normalize`, a
+hand-written VJP that touches the tensor the fewest times a streaming norm can
+(statistics in one read, the output in one read and one write; the backward's
+reductions in one read of the output gradient and the input, the input gradient in
+one more); `fused=False` is the textbook two-pass formula differentiated by JAX,
+kept as the reference. Cross-device (synced) BN and masked BN use the reference.
+
 Which values one statistic averages over (x of shape N×H×W×C):
   bn  over (N, H, W) per channel; N is the ghost batch when `virtual_batch_size`
   ln  over (H, W, C) per sample: the article's and the GN paper's LN, not Flax's
@@ -15,6 +23,7 @@ Which values one statistic averages over (x of shape N×H×W×C):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -39,9 +48,109 @@ def _moments(x: jax.Array, axes: tuple[int, ...], axis_name=None,
     return mean, var
 
 
-def _affine(module: nn.Module, y: jax.Array, features: int, dtype: Any) -> jax.Array:
+# ---------------------------------------------------------------- fused formulation
+#
+# Every norm here averages over *cells*, the spatial values of one (sample, channel)
+# pair, and a statistic's set is a union of cells: BN all samples of a channel, LN
+# all channels of a sample, GN a group of channels of a sample, IN one cell. So
+# the tensor is only ever reduced over its spatial axes, to N×C cell sums (keeping
+# the channels minor: no GN reshape of the big tensor), and the sets are formed
+# from those small arrays. `sets = (shape, axes)` views the N×C cells as
+# A×B×G×K (A·B = N, G·K = C) and names the axes (of 1 and 3) a set spans.
+
+
+def _cell_axes(x: jax.Array) -> tuple[int, ...]:
+    return tuple(range(1, x.ndim - 1))
+
+
+def _per_cell(a: jax.Array, sets, x: jax.Array) -> jax.Array:
+    """A per-set array (the `sets` view, reduced axes kept) broadcast to the
+    cells and shaped to broadcast against x: N×1…×C."""
+    n, c = x.shape[0], x.shape[-1]
+    return jnp.broadcast_to(a, sets[0]).reshape((n,) + (1,) * (x.ndim - 2) + (c,))
+
+
+def _set_mean(cells: jax.Array, sets) -> jax.Array:
+    shape, axes = sets
+    return jnp.mean(cells.reshape(shape), axes, keepdims=True)
+
+
+def _fused_moments(x: jax.Array, sets) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance per set, reading x once. Each cell's sums are taken
+    about the cell's first value (x[n, 0, 0, c]), which keeps E[d²]-E[d]² from
+    cancelling unless that one value sits many cell deviations away from the cell's
+    mean; cells then combine exactly (Chan et al.'s pairwise formula)."""
+    xf = x.astype(jnp.float32)
+    shift = jax.lax.stop_gradient(xf[(slice(None),) + (slice(0, 1),) * (x.ndim - 2)])
+    d = xf - shift
+    axes = _cell_axes(x)
+    # Two sibling reductions of one input: XLA fuses them into one read on a GPU.
+    s1, s2 = (jnp.sum(d, axes), jnp.sum(d * d, axes)) if axes else (d, d * d)
+    size = _prod(x.shape[1:-1])
+    offset = s1 / size
+    cell_mean = shift.reshape(offset.shape) + offset
+    cell_var = jnp.maximum(s2 / size - offset * offset, 0.0)
+    mean = _set_mean(cell_mean, sets)
+    spread = jnp.square(cell_mean.reshape(sets[0]) - mean)
+    var = _set_mean(cell_var, sets) + jnp.mean(spread, sets[1], keepdims=True)
+    return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def fused_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, sets, epsilon: float
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(x - mean) / sqrt(var + epsilon) * scale + bias` and the per-set (mean, var)
+    (shaped as `sets[0]` with the set axes kept), with a hand-written VJP."""
+    return _fused_forward(x, scale, bias, sets, epsilon)[0]
+
+
+def _fused_forward(x, scale, bias, sets, epsilon):
+    mean, var = _fused_moments(x, sets)
+    inv = jax.lax.rsqrt(var + epsilon)
+    a = _per_cell(inv, sets, x) * scale
+    b = bias - _per_cell(mean, sets, x) * a
+    y = (x.astype(jnp.float32) * a + b).astype(x.dtype)
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+def _fused_backward(sets, epsilon, residuals, cotangents):
+    """With x̂ = (x-μ)·r and g = dy·scale, per set S of M values:
+    dx = r·(g - mean_S(g) - x̂·mean_S(g·x̂)) + dμ/M + 2·dσ²·(x-μ)/M. The sums over S
+    come from two per-cell sums, of dy and of dy·(x-μ), in one read of dy and x."""
+    x, mean, inv, scale = residuals
+    dy, dmean, dvar = cotangents
+    n, c = x.shape[0], x.shape[-1]
+    size = _prod(x.shape[1:-1])
+    values = size * _prod(sets[0][a] for a in sets[1])
+    centered = x.astype(jnp.float32) - _per_cell(mean, sets, x)
+    dyf = dy.astype(jnp.float32)
+    axes = _cell_axes(x)
+    sum_dy, sum_dyc = ((jnp.sum(dyf, axes), jnp.sum(dyf * centered, axes)) if axes
+                       else (dyf, dyf * centered))
+    inv_cells = jnp.broadcast_to(inv, sets[0]).reshape(n, c)
+    dbias = jnp.sum(sum_dy, 0)
+    dscale = jnp.sum(inv_cells * sum_dyc, 0)
+    mean_g = _set_mean(scale * sum_dy, sets) / size
+    mean_gx = _set_mean(scale * inv_cells * sum_dyc, sets) / size
+    constant = -inv * mean_g + dmean / values
+    slope = -inv * inv * mean_gx + 2 * dvar / values
+    dx = (dyf * (_per_cell(inv, sets, x) * scale) + centered * _per_cell(slope, sets, x)
+          + _per_cell(constant, sets, x))
+    return dx.astype(x.dtype), dscale, dbias
+
+
+fused_normalize.defvjp(lambda x, scale, bias, sets, epsilon:
+                       _fused_forward(x, scale, bias, sets, epsilon), _fused_backward)
+
+
+def _params(module: nn.Module, features: int) -> tuple[jax.Array, jax.Array]:
     scale = module.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = module.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    return scale, bias
+
+
+def _affine(module: nn.Module, y: jax.Array, features: int, dtype: Any) -> jax.Array:
+    scale, bias = _params(module, features)
     return (y * scale + bias).astype(dtype)
 
 
@@ -65,6 +174,7 @@ class BatchNorm(nn.Module):
     axis_name: str | tuple[str, ...] | None = None
     sync_axis_name: str | tuple[str, ...] | None = None
     sync_groups: tuple[tuple[int, ...], ...] | None = None
+    fused: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True,
@@ -88,13 +198,19 @@ class BatchNorm(nn.Module):
         if x.shape[0] % ghost:
             raise ConfigError("virtual_batch_size", ghost,
                               f"must divide the batch of {x.shape[0]} examples")
-        # Ghost batches as a leading axis: statistics per group, one reshape, no loop.
-        xg = x.reshape((x.shape[0] // ghost, ghost) + x.shape[1:])
-        axes = tuple(range(1, xg.ndim - 1))
         # Collectives only inside a parallel step; init runs on one device.
         sync = None if self.is_initializing() else self.sync_axis_name
-        mean, var = _moments(xg, axes, sync, self.sync_groups)
-        y = ((xg.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        if self.fused and sync is None:
+            # Ghost batches are sets of `ghost` samples' cells (see fused_normalize).
+            sets = ((x.shape[0] // ghost, ghost, 1, features), (1,))
+            y, mean, var = fused_normalize(x, *_params(self, features), sets, self.epsilon)
+        else:
+            # Ghost batches as a leading axis: statistics per group, one reshape, no loop.
+            xg = x.reshape((x.shape[0] // ghost, ghost) + x.shape[1:])
+            mean, var = _moments(xg, tuple(range(1, xg.ndim - 1)), sync, self.sync_groups)
+            y = ((xg.astype(jnp.float32) - mean)
+                 * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+            y = _affine(self, y, features, x.dtype)
         if not self.is_initializing():
             # Equal-sized ghost batches and devices: the mean of their statistics is one update.
             batch_mean = jnp.mean(mean.reshape(-1, features), axis=0)
@@ -102,7 +218,7 @@ class BatchNorm(nn.Module):
             if self.axis_name is not None:
                 batch_mean, batch_var = jax.lax.pmean((batch_mean, batch_var), self.axis_name)
             self._update_running(ra_mean, ra_var, batch_mean, batch_var)
-        return _affine(self, y, features, x.dtype)
+        return y
 
     def _update_running(self, ra_mean, ra_var, mean, var) -> None:
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
@@ -130,9 +246,13 @@ class LayerNorm(nn.Module):
     """LN over all of a sample's features: (H, W, C) for images, (C,) for vectors."""
 
     epsilon: float = 1e-5
+    fused: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        if self.fused:
+            sets = ((x.shape[0], 1, 1, x.shape[-1]), (3,))
+            return fused_normalize(x, *_params(self, x.shape[-1]), sets, self.epsilon)[0]
         mean, var = _moments(x, tuple(range(1, x.ndim)))
         y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
         return _affine(self, y, x.shape[-1], x.dtype)
@@ -145,12 +265,16 @@ class InstanceNorm(nn.Module):
     """IN over (H, W) of each sample and channel."""
 
     epsilon: float = 1e-5
+    fused: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         if x.ndim < 3:
             raise ConfigError("norm", "in", "instance norm needs feature maps with spatial "
                               f"axes; this layer's input has shape {x.shape} (use ln or gn)")
+        if self.fused:
+            sets = ((x.shape[0], 1, 1, x.shape[-1]), ())
+            return fused_normalize(x, *_params(self, x.shape[-1]), sets, self.epsilon)[0]
         mean, var = _moments(x, tuple(range(1, x.ndim - 1)))
         y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
         return _affine(self, y, x.shape[-1], x.dtype)
@@ -165,6 +289,7 @@ class GroupNorm(nn.Module):
     num_groups: int | None = None
     group_size: int | None = None
     epsilon: float = 1e-5
+    fused: bool = True
 
     def groups(self, channels: int) -> int:
         if (self.num_groups is None) == (self.group_size is None):
@@ -181,6 +306,9 @@ class GroupNorm(nn.Module):
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         channels = x.shape[-1]
         groups = self.groups(channels)
+        if self.fused:
+            sets = ((x.shape[0], 1, groups, channels // groups), (3,))
+            return fused_normalize(x, *_params(self, channels), sets, self.epsilon)[0]
         xg = x.reshape(x.shape[:-1] + (groups, channels // groups))
         axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
         mean, var = _moments(xg, axes)
@@ -219,7 +347,8 @@ def make(name: str, **options: Any) -> nn.Module:
     """A normalization layer by name: 'bn', 'ln', 'in', 'gn' or 'none'.
 
     Options: BN `momentum`, `epsilon`, `virtual_batch_size` (ghost BN); GN
-    `num_groups` or `group_size`, `epsilon`; LN and IN `epsilon`. Options that
+    `num_groups` or `group_size`, `epsilon`; LN and IN `epsilon`; all but 'none'
+    `fused` (False: the two-pass reference formulation). Options that
     the chosen layer does not take are an error, not silently dropped.
     """
     if name not in _LAYERS:

@@ -3,11 +3,14 @@
 Tolerances. Float32 values reduced in another order (8 partial means and a pmean,
 against one mean over 32 examples) differ by ~1e-7 relative; one forward/backward
 pass stays within 2e-5. Over 20 SGD steps the loss curves are held to 1e-4
-relative at learning rate 0.01 (momentum 0.9), where the measured gap stays below
-5e-6 (shard_map and pmap alike), while getting the statistics' scope wrong (local
-instead of global) moves the curve by 4e-2. At learning rate 0.05 the same
-float noise (2e-7 over the first 5 steps) grows to 7e-3 by step 19: training is
-chaotic there, nearby trajectories part, and a curve test would measure that.
+relative at learning rate 0.001 (momentum 0.9), where the measured gap stays below
+1.1e-6 (every scope, shard_map and pmap alike), while getting the statistics' scope
+wrong moves the curve by 6e-3 to 1e-2 (5e-3 already at the first step). Training
+with ghost batches of 4 to 8 is chaotic at higher rates: at 0.01 a 1e-6 relative
+change of BN's epsilon alone moves the step-19 loss by 3.7e-4 on one device, so
+a 1e-7 rounding difference between two layouts' programs (the fused norm reduces
+in another order for 4 than for 32 examples) grows to 3.6e-3, and a curve test
+there would measure the chaos, not the statistics' scope.
 """
 
 import os
@@ -96,7 +99,7 @@ def test_local_and_grouped_bn_equal_one_device_ghost_bn(mode, sync_size, ghost):
 def _config(small_config, **changes):
     config = small_config
     config.num_steps, config.log_every, config.batch_size = 20, 1, 32
-    config.learning_rate = 0.01  # see the module docstring
+    config.learning_rate = 0.001  # see the module docstring
     for key, value in changes.items():
         config[key] = value
     return config
@@ -123,7 +126,7 @@ def test_twenty_steps_give_the_same_loss_curve_everywhere(small_config, tmp_path
     other = "local" if sync != "local" else "global"
     wrong, _ = _losses(_config(small_config, parallel="shard_map", bn_sync=other,
                                virtual_batch_size=None), tmp_path / "wrong")
-    assert np.max(np.abs(wrong - reference) / reference) > 1e-2
+    assert np.max(np.abs(wrong - reference) / reference) > 3e-3
 
 
 @pytest.mark.parametrize("norm", ["ln", "in", "gn"])
