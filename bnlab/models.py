@@ -78,6 +78,50 @@ def _conv(kind: str, features: int, **options) -> nn.Module:
     return nn.Conv(features, (3, 3), strides=strides, padding=1, **options)
 
 
+def _pool_windows(x: jax.Array) -> jax.Array:
+    """N×H×W×C as N×H/2×2×W/2×2×C; an odd last row or column is dropped, as a
+    VALID 2×2 pool with stride 2 drops it."""
+    n, h, w, c = x.shape
+    return x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """`nn.max_pool(x, (2, 2), strides=(2, 2))` with the same values and the same
+    gradient, bit for bit, ties included: the first maximum of a window in row-major
+    order takes the window's gradient (as in Flax and PyTorch). Flax's gradient is
+    XLA's select-and-scatter: forward+backward of SimpleCNN's first pool at batch
+    128 took 26 ms on the 2-core CPU, against 4.7 ms for this elementwise one."""
+    return jnp.max(_pool_windows(x), (2, 4))
+
+
+def _max_pool_forward(x):
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_backward(residuals, g):
+    x, y = residuals
+    at_max = _pool_windows(x) == y[:, :, None, :, None, :]
+    taken = jnp.zeros_like(at_max[:, :, :1, :, :1])
+    rows = []
+    for i in range(2):
+        row = []
+        for j in range(2):
+            first = at_max[:, :, i:i + 1, :, j:j + 1] & ~taken
+            taken = taken | first
+            row.append(first)
+        rows.append(jnp.concatenate(row, 4))
+    first = jnp.concatenate(rows, 2)
+    dx = jnp.where(first, g[:, :, None, :, None, :], 0).astype(x.dtype)
+    n, h, w, c = x.shape
+    dx = dx.reshape(n, h - h % 2, w - w % 2, c)
+    return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
+
+
 class _NormAct(nn.Module):
     """Norm and activation in the configured order."""
 
@@ -117,7 +161,7 @@ class SimpleCNN(nn.Module):
                         bias_init=_torch_default_bias(fan_in))(x)
             x = _NormAct(self.norm, self.norm_options, self.norm_placement,
                          name=f"norm{i}")(x, train)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(128, dtype=self.dtype, kernel_init=_torch_default_kernel,
                              bias_init=_torch_default_bias(x.shape[-1]), name="fc1")(x))

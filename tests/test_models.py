@@ -157,3 +157,20 @@ def test_only_naive_bn_depends_on_how_far_sequences_are_padded(norm, mask_paddin
                            train=True, mutable=["batch_stats"])[0] for steps in (28, 56)]
     difference = float(jnp.abs(outputs[0] - outputs[1]).max())
     assert (difference > 1e-2) if moves else (difference < 1e-5), difference
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8, 3), (3, 7, 6, 2), (2, 5, 9, 4)])
+def test_max_pool_equals_flax_bit_for_bit_ties_included(shape):
+    """Values rounded to integers and passed through ReLU: most windows hold ties
+    (zeros, equal ones), where the gradient must go to the first maximum in
+    row-major order, as Flax's select-and-scatter sends it. Odd sizes drop the
+    last row or column, whose gradient is zero."""
+    x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), shape)))
+    flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    y, flax_vjp = jax.vjp(flax_pool, x)
+    g = jax.random.normal(jax.random.key(1), y.shape)
+    got, vjp = jax.vjp(models.max_pool_2x2, x)
+    np.testing.assert_array_equal(got, y)
+    np.testing.assert_array_equal(vjp(g)[0], flax_vjp(g)[0])
+    ties = np.sum(np.asarray(models._pool_windows(x) == got[:, :, None, :, None, :]), (2, 4))
+    assert (ties > 1).mean() > 0.3  # the case that tells the rules apart is there
