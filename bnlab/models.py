@@ -96,26 +96,24 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_forward(x):
-    y = max_pool_2x2(x)
-    return y, (x, y)
+    windows = _pool_windows(x)
+    y = jnp.max(windows, (2, 4))
+    # Index (row-major, 0..3) of each window's first maximum, kept for the backward
+    # as PyTorch keeps its indices: one int8 per output, and the backward then
+    # needs neither x nor a recomputation of the layers that made it.
+    first = jnp.full(y.shape, 3, jnp.int8)
+    for index in (2, 1, 0):
+        i, j = divmod(index, 2)
+        first = jnp.where(windows[:, :, i, :, j] == y, jnp.int8(index), first)
+    return y, (first, x.shape)
 
 
 def _max_pool_backward(residuals, g):
-    x, y = residuals
-    at_max = _pool_windows(x) == y[:, :, None, :, None, :]
-    taken = jnp.zeros_like(at_max[:, :, :1, :, :1])
-    rows = []
-    for i in range(2):
-        row = []
-        for j in range(2):
-            first = at_max[:, :, i:i + 1, :, j:j + 1] & ~taken
-            taken = taken | first
-            row.append(first)
-        rows.append(jnp.concatenate(row, 4))
-    first = jnp.concatenate(rows, 2)
-    dx = jnp.where(first, g[:, :, None, :, None, :], 0).astype(x.dtype)
-    n, h, w, c = x.shape
-    dx = dx.reshape(n, h - h % 2, w - w % 2, c)
+    first, (n, h, w, c) = residuals
+    position = (2 * jax.lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 2)
+                + jax.lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 4))
+    dx = jnp.where(position == first[:, :, None, :, None, :], g[:, :, None, :, None, :], 0)
+    dx = dx.astype(g.dtype).reshape(n, h - h % 2, w - w % 2, c)
     return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
 
