@@ -214,8 +214,13 @@ def step_benchmark(model: str, norm: str, batch_size: int, dtype: str = "float32
     record: dict[str, Any] = {"bench": "step", "model": model, "norm": norm,
                               "batch_size": batch_size, "dtype": dtype,
                               "device": jax.devices()[0].device_kind, "steps": steps}
-    plain_model = models.make(model, norm=norm, num_classes=10,
-                              norm_options=run.model.norm_options and dict(run.model.norm_options))
+    # The network as a user first writes it: the textbook two-pass norm left to
+    # JAX's autodiff and Flax's max pool, where bnlab has faster equal layers.
+    plain_options = dict(run.model.norm_options or ())
+    if norm != "none":
+        plain_options["fused"] = False
+    plain_model = models.make(model, norm=norm, num_classes=10, norm_options=plain_options,
+                              **({"pool": "flax"} if model == "simple_cnn" else {}))
     loops = {"plain_flax": plain_flax_loop(plain_model, run.train_set, batch_size, steps)}
     loops.update(bnlab_loops(config, steps, steps_per_call))
     if with_torch and dtype == "float32":

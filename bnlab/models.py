@@ -148,10 +148,13 @@ class SimpleCNN(nn.Module):
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
     conv: str = "xla"  # or "shifts": see `Conv`
+    pool: str = "fast"  # `max_pool_2x2`, or "flax": `nn.max_pool` (same numbers, slower)
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         x = x.astype(self.dtype)
+        pool = (max_pool_2x2 if self.pool == "fast"
+                else lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
         for i, features in enumerate((16, 32), start=1):
             fan_in = 9 * x.shape[-1]
             x = _conv(self.conv, features, dtype=self.dtype, name=f"conv{i}",
@@ -159,7 +162,7 @@ class SimpleCNN(nn.Module):
                         bias_init=_torch_default_bias(fan_in))(x)
             x = _NormAct(self.norm, self.norm_options, self.norm_placement,
                          name=f"norm{i}")(x, train)
-            x = max_pool_2x2(x)
+            x = pool(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(128, dtype=self.dtype, kernel_init=_torch_default_kernel,
                              bias_init=_torch_default_bias(x.shape[-1]), name="fc1")(x))

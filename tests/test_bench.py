@@ -1,0 +1,30 @@
+"""`bnlab bench` on tiny shapes: the records hold what the docs' tables read, and
+the fused norms move fewer bytes than the two-pass reference (XLA's own count)."""
+
+import json
+
+from bnlab import bench
+
+
+def test_norm_benchmark_counts_fewer_memory_passes_for_the_fused_norms():
+    record = bench.norm_benchmark(shape=(4, 6, 6, 8), repeats=2)
+    layers = record["layers"]
+    assert set(layers) == {"affine", "bn", "bn_reference", "ln", "ln_reference",
+                           "in", "in_reference", "gn", "gn_reference"}
+    assert all(layer["ms"] > 0 for layer in layers.values())
+    assert layers["affine"]["vs_affine"] == 1.0
+    for name in ("bn", "ln", "in", "gn"):
+        # The output and the backward's result at least: x read, y and dx written.
+        assert 3 <= layers[name]["passes"] < layers[name + "_reference"]["passes"], name
+    assert "passes" in bench.table([record])
+
+
+def test_step_benchmark_times_every_loop_against_the_plain_one():
+    record = bench.step_benchmark("simple_cnn", "bn", 2, steps=4, steps_per_call=2,
+                                  with_torch=False)
+    loops = record["loops"]
+    assert set(loops) == {"plain_flax", "bnlab_1", "bnlab_2"}
+    assert loops["plain_flax"]["vs_plain"] == 1.0
+    for loop in loops.values():
+        assert loop["steps_per_s"] > 0 and loop["images_per_s"] == 2 * loop["steps_per_s"]
+    assert json.loads(bench.to_json([record]))["records"][0]["bench"] == "step"
