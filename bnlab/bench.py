@@ -5,10 +5,11 @@ Three benchmarks, each a list of JSON records and a table on screen:
 - `step`: the train step of (model, norm, batch size, dtype) through bnlab (one
   step per call, and K steps per call with the data on the device) against a plain
   baseline written here (one jitted Flax step per Python call, host-fed batches,
-  float32), and against the article's PyTorch code (eager and `torch.compile`)
-  when torch is installed.
-- `norms`: forward+backward of each norm layer on one activation tensor against an
-  elementwise affine over the same tensor (the memory-bandwidth reference).
+  float32, the two-pass norms under autodiff and Flax's max pool), and against
+  the article's PyTorch code (eager and `torch.compile`) when torch is installed.
+- `norms`: forward+backward of each norm layer (fused and two-pass reference) on
+  one activation tensor against an elementwise affine over the same tensor (the
+  memory-bandwidth reference), with XLA's count of memory passes.
 - `load`: seconds for `analysis.load_runs` / `load_curves` on 1,000 runs.
 - `pack`: member-steps/s of N runs (same shapes, different learning rate and seed)
   packed into one program, against the same runs one after another.
