@@ -7,11 +7,12 @@ only BN looks at `train`.
 
 Two formulations of the training-mode forward and backward, equal within float32
 rounding (tests/test_norms.py): `fused=True` (the default) is `fused_normalize`, a
-hand-written VJP that touches the tensor the fewest times a streaming norm can
+hand-written VJP written to touch the tensor the fewest times a streaming norm can
 (statistics in one read, the output in one read and one write; the backward's
 reductions in one read of the output gradient and the input, the input gradient in
-one more); `fused=False` is the textbook two-pass formula differentiated by JAX,
-kept as the reference. Cross-device (synced) BN and masked BN use the reference.
+one more: 8 passes, docs/PERFORMANCE.md, which also has what XLA makes of it);
+`fused=False` is the textbook two-pass formula differentiated by JAX, kept as the
+reference. Cross-device (synced) BN and masked BN use the reference.
 
 Which values one statistic averages over (x of shape N×H×W×C):
   bn  over (N, H, W) per channel; N is the ghost batch when `virtual_batch_size`
@@ -84,7 +85,8 @@ def _fused_moments(x: jax.Array, sets) -> tuple[jax.Array, jax.Array]:
     shift = jax.lax.stop_gradient(xf[(slice(None),) + (slice(0, 1),) * (x.ndim - 2)])
     d = xf - shift
     axes = _cell_axes(x)
-    # Two sibling reductions of one input: XLA fuses them into one read on a GPU.
+    # Two sibling reductions of one input, for XLA's GPU backend to fuse into one
+    # read (its CPU backend does not; `bnlab bench norms` counts the passes).
     s1, s2 = (jnp.sum(d, axes), jnp.sum(d * d, axes)) if axes else (d, d * d)
     size = _prod(x.shape[1:-1])
     offset = s1 / size
