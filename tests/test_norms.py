@@ -272,3 +272,37 @@ def test_fused_statistics_stay_accurate_far_from_zero(name, options):
         errors[fused] = float(np.max(np.abs(y - truth)))
     # Normalized units: μ's own rounding (ulp(100)/2 over σ = 0.01) is 4e-4.
     assert errors[True] <= max(2 * errors[False], 1e-3), errors
+
+
+def test_gn_cell_expansion_on_the_cpu_is_the_broadcast_bit_for_bit():
+    """On the CPU, GN's per-(sample, group) arrays reach the channels through a
+    select-and-sum (`_expanded_groups`, which XLA computes once) instead of a
+    broadcast (which it re-derives per element in every consumer). The two give the
+    same bits, here with -0.0, ±inf and NaN among the values; and the whole layer,
+    forward and backward, gives the same bits whichever one `_per_cell` uses."""
+    rng = np.random.default_rng(3)
+    sets = ((5, 1, 4, 3), (3,))
+    x = jnp.zeros((5, 2, 2, 12))
+    stacked = rng.normal(size=(2, 5, 1, 4, 1)).astype(np.float32)
+    stacked.flat[[0, 3, 7, 12, 21]] = [-0.0, np.inf, -np.inf, np.nan, 0.0]
+    got = np.asarray(norms._expanded_groups(jnp.asarray(stacked), sets, x))
+    want = np.asarray(norms._broadcast_cells(jnp.asarray(stacked), sets, x))
+    assert got.shape == want.shape == (2, 5, 1, 1, 12)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+    x = jnp.asarray(_x(shape=(6, 5, 4, 8)))
+    cotangent = jnp.asarray(_x(shape=(6, 5, 4, 8), seed=4))
+    scale, bias = jnp.linspace(0.5, 1.5, 8), jnp.linspace(-1, 1, 8)
+    gn_sets = ((6, 1, 4, 2), (3,))
+
+    def value_and_grads():
+        fn = jax.jit(lambda x, s, b: jnp.sum(
+            norms.fused_normalize(x, s, b, gn_sets, EPS)[0] * cotangent))
+        return jax.value_and_grad(fn, (0, 1, 2))(x, scale, bias)
+
+    expanded = value_and_grads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(norms, "_expanded_groups", norms._broadcast_cells)
+        broadcast = value_and_grads()
+    for got, want in zip(jax.tree.leaves(expanded), jax.tree.leaves(broadcast), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
