@@ -14,7 +14,9 @@ Three benchmarks, each a list of JSON records and a table on screen:
 - `pack`: member-steps/s of N runs (same shapes, different learning rate and seed)
   packed into one program, against the same runs one after another.
 
-Times exclude the first call (compilation), which is reported on its own.
+Times exclude the first call (compilation), which is reported on its own. The
+loops of one step or norm record are timed in interleaved rounds, best round
+kept (`_interleaved`), so their ratios survive a shared machine's changing load.
 """
 
 from __future__ import annotations
@@ -62,25 +64,44 @@ def _peak_bytes() -> int | None:
 def _timed(call: Callable[[], Any], steps_per_call: int, steps: int) -> dict[str, float]:
     """Runs `call` once (compile), then enough calls for `steps` steps; the result
     must be ready before the clock stops."""
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    compile_s = time.perf_counter() - start
-    calls = max(1, steps // steps_per_call)
-    start = time.perf_counter()
-    out = None
-    for _ in range(calls):
-        out = call()
-    jax.block_until_ready(out)
-    elapsed = time.perf_counter() - start
-    return {"compile_s": compile_s, "steps_per_s": calls * steps_per_call / elapsed}
+    return _interleaved({"only": (call, steps_per_call)}, steps, rounds=1)["only"]
+
+
+def _interleaved(calls: dict[str, tuple[Callable[[], Any], int]], steps: int,
+                 rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Times several loops against each other: each `(call, steps_per_call)` is
+    called once (compile, timed on its own), then `rounds` rounds each run every loop
+    for about steps/rounds steps in turn. A loop's rate is its best round; a load
+    that comes and goes on a shared machine then slows every loop's worst rounds,
+    not one loop's whole measurement (run one after another, two loops of one
+    benchmark moved by 15% against each other between runs). `steps_per_s_median`
+    keeps the median round."""
+    compile_s = {}
+    for name, (call, _) in calls.items():
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        compile_s[name] = time.perf_counter() - start
+    rates: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (call, per_call) in calls.items():
+            count = max(1, steps // (per_call * rounds))
+            start = time.perf_counter()
+            out = None
+            for _ in range(count):
+                out = call()
+            jax.block_until_ready(out)
+            rates[name].append(count * per_call / (time.perf_counter() - start))
+    return {name: {"compile_s": compile_s[name], "steps_per_s": max(rates[name]),
+                   "steps_per_s_median": float(np.median(rates[name])), "rounds": rounds}
+            for name in calls}
 
 
 # ---------------------------------------------------------------- plain baseline
 
-def plain_flax_loop(model, dataset: data.Dataset, batch_size: int, steps: int,
-                    learning_rate: float = 0.05) -> dict[str, float]:
-    """The loop a user writes first: SGD with momentum, one jitted step per Python
-    call, each batch copied from the host."""
+def plain_flax_call(model, dataset: data.Dataset, batch_size: int,
+                    learning_rate: float = 0.05) -> Callable[[], Any]:
+    """One step of the loop a user writes first: SGD with momentum, one jitted step
+    per Python call, each batch copied from the host."""
     variables = model.init(jax.random.key(0), jnp.zeros((batch_size,) + dataset.image_shape),
                            train=True)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
@@ -108,7 +129,7 @@ def plain_flax_loop(model, dataset: data.Dataset, batch_size: int, steps: int,
         carry[:] = out[:3]
         return out[3]
 
-    return _timed(call, 1, steps)
+    return call
 
 
 # ---------------------------------------------------------------- bnlab's loops
@@ -141,21 +162,21 @@ def _bnlab_call(fns: train.Steps, run: train.Prepared, per_call: int, seed: int 
     return many
 
 
-def bnlab_loops(config: ml_collections.ConfigDict, steps: int,
-                steps_per_call: int) -> dict[str, dict[str, float]]:
+def bnlab_calls(config: ml_collections.ConfigDict, steps_per_call: int
+                ) -> dict[str, tuple[Callable[[], Any], int]]:
     """bnlab's own train step: one step per call (host-fed), and `steps_per_call`
     steps per call over the dataset held on the device (`train_many`)."""
     run = train.prepare(config)
     fns = train.step_functions(run.model, run.optimizer, run.layout)
-    return {f"bnlab_{k}": _timed(_bnlab_call(fns, run, k), k, steps)
-            for k in (1, steps_per_call)}
+    return {f"bnlab_{k}": (_bnlab_call(fns, run, k), k) for k in (1, steps_per_call)}
 
 
 # ---------------------------------------------------------------- PyTorch
 
-def torch_loops(model_name: str, norm: str, batch_size: int, steps: int) -> dict[str, Any]:
+def torch_calls(model_name: str, norm: str, batch_size: int) -> dict[str, Any]:
     """The article's network in PyTorch (eager, then `torch.compile`), SGD with
-    momentum, on the device JAX uses (cuda when JAX is on a GPU)."""
+    momentum, on the device JAX uses (cuda when JAX is on a GPU): one step per call,
+    compiled by its first call, or `{"error": ...}` where that failed."""
     try:
         import torch
     except ImportError as error:
@@ -169,15 +190,18 @@ def torch_loops(model_name: str, norm: str, batch_size: int, steps: int) -> dict
     for compiled in (False, True):
         name = "torch_compile" if compiled else "torch_eager"
         try:
-            out[name] = _torch_loop(torch, torch_models.make(model_name, norm).to(device),
-                                    batch_size, steps, device, compiled)
+            call = _torch_call(torch, torch_models.make(model_name, norm).to(device),
+                               batch_size, device, compiled)
+            start = time.perf_counter()
+            call()  # compiles here, where a failing compiler raises
+            out[name] = (call, 1, time.perf_counter() - start)
         except Exception as error:  # no compiler toolchain, say: recorded, not fatal
             out[name] = {"error": str(error).splitlines()[0][:200]}
     return out
 
 
-def _torch_loop(torch, net, batch_size: int, steps: int, device: str,
-                compiled: bool) -> dict[str, float]:
+def _torch_call(torch, net, batch_size: int, device: str,
+                compiled: bool) -> Callable[[], Any]:
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     images = torch.randn((batch_size, 3) + IMAGE_SHAPE[:2], device=device)
     labels = torch.randint(0, 10, (batch_size,), device=device)
@@ -199,7 +223,7 @@ def _torch_loop(torch, net, batch_size: int, steps: int, device: str,
             torch.cuda.synchronize()
         return loss
 
-    return _timed(call, 1, steps)
+    return call
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -222,10 +246,19 @@ def step_benchmark(model: str, norm: str, batch_size: int, dtype: str = "float32
         plain_options["fused"] = False
     plain_model = models.make(model, norm=norm, num_classes=10, norm_options=plain_options,
                               **({"pool": "flax"} if model == "simple_cnn" else {}))
-    loops = {"plain_flax": plain_flax_loop(plain_model, run.train_set, batch_size, steps)}
-    loops.update(bnlab_loops(config, steps, steps_per_call))
+    calls = {"plain_flax": (plain_flax_call(plain_model, run.train_set, batch_size), 1)}
+    calls.update(bnlab_calls(config, steps_per_call))
+    failed, torch_compile_s = {}, {}
     if with_torch and dtype == "float32":
-        loops.update(torch_loops(model, norm, batch_size, steps))
+        for name, made in torch_calls(model, norm, batch_size).items():
+            if isinstance(made, dict):
+                failed[name] = made
+            else:
+                calls[name], torch_compile_s[name] = made[:2], made[2]
+    loops: dict[str, Any] = _interleaved(calls, steps)
+    for name, seconds in torch_compile_s.items():
+        loops[name]["compile_s"] = seconds  # its first call; `_interleaved`'s is a rerun
+    loops.update(failed)
     record["peak_bytes"] = _peak_bytes()
     base = loops["plain_flax"]["steps_per_s"]
     for result in loops.values():
@@ -269,6 +302,7 @@ def norm_benchmark(shape: tuple[int, ...] | None = None, dtype: str = "float32",
         layers[name + "_reference"] = norms.make(name, fused=False, **options)
     record: dict[str, Any] = {"bench": "norms", "shape": list(shape), "dtype": dtype,
                               "device": jax.devices()[0].device_kind, "layers": {}}
+    calls, passes = {}, {}
     for name, layer in layers.items():
         variables = layer.init(jax.random.key(0), x, train=True)
 
@@ -284,9 +318,10 @@ def norm_benchmark(shape: tuple[int, ...] | None = None, dtype: str = "float32",
             return y, vjp(cotangent)
 
         params = variables.get("params", {})
-        result = _timed(lambda fwd_bwd=fwd_bwd, params=params: fwd_bwd(params, x), 1, repeats)
-        passes = _memory_passes(fwd_bwd.lower(params, x).compile(), tensor_bytes)
-        record["layers"][name] = {"ms": 1e3 / result["steps_per_s"], "passes": passes}
+        calls[name] = (lambda fwd_bwd=fwd_bwd, params=params: fwd_bwd(params, x), 1)
+        passes[name] = _memory_passes(fwd_bwd.lower(params, x).compile(), tensor_bytes)
+    for name, result in _interleaved(calls, repeats).items():
+        record["layers"][name] = {"ms": 1e3 / result["steps_per_s"], "passes": passes[name]}
     reference = record["layers"]["affine"]["ms"]
     for result in record["layers"].values():
         result["vs_affine"] = result["ms"] / reference

@@ -2,8 +2,29 @@
 the fused norms move fewer bytes than the two-pass reference (XLA's own count)."""
 
 import json
+import time
 
 from bnlab import bench
+
+
+def test_interleaved_rounds_time_each_loop_by_its_own_steps():
+    """Two loops whose calls sleep 2 and 6 ms, the second doing 3 steps per call:
+    the same rate per step, whatever the rounds; compile time is the first call."""
+    counts = {"a": 0, "b": 0}
+
+    def sleeper(name, seconds):
+        def call():
+            counts[name] += 1
+            time.sleep(seconds)
+        return call
+
+    result = bench._interleaved({"a": (sleeper("a", 0.002), 1), "b": (sleeper("b", 0.006), 3)},
+                                steps=30, rounds=3)
+    assert counts == {"a": 1 + 30, "b": 1 + 3 * 3}
+    for loop in result.values():
+        assert loop["rounds"] == 3 and loop["compile_s"] > 0
+        assert loop["steps_per_s_median"] <= loop["steps_per_s"] <= 500
+    assert 0.7 < result["a"]["steps_per_s"] / result["b"]["steps_per_s"] < 1.3
 
 
 def test_norm_benchmark_counts_fewer_memory_passes_for_the_fused_norms():
