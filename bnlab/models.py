@@ -99,8 +99,10 @@ def _max_pool_forward(x):
     windows = _pool_windows(x)
     y = jnp.max(windows, (2, 4))
     # Index (row-major, 0..3) of each window's first maximum, kept for the backward
-    # as PyTorch keeps its indices: one int8 per output, and the backward then
-    # needs neither x nor a recomputation of the layers that made it.
+    # as PyTorch keeps its indices: one int8 per output, so the backward needs
+    # neither x nor Flax's select-and-scatter. (XLA's CPU backend may still fuse
+    # the index's computation into the backward and re-derive it from the layers
+    # before; `norms._per_cell` says what that cost GN and how it is avoided.)
     first = jnp.full(y.shape, 3, jnp.int8)
     for index in (2, 1, 0):
         i, j = divmod(index, 2)

@@ -165,7 +165,7 @@ def _fused_backward(sets, epsilon, residuals, cotangents):
     axes = _cell_axes(x)
     sum_dy, sum_dyc = ((jnp.sum(dyf, axes), jnp.sum(dyf * centered, axes)) if axes
                        else (dyf, dyf * centered))
-    inv_nc = jnp.broadcast_to(inv, sets[0]).reshape(n, c)
+    inv_nc = inv_cells.reshape(n, c)
     dbias = jnp.sum(sum_dy, 0)
     dscale = jnp.sum(inv_nc * sum_dyc, 0)
     mean_g = _set_mean(scale * sum_dy, sets) / size
