@@ -167,7 +167,8 @@ def bnlab_calls(config: ml_collections.ConfigDict, steps_per_call: int
     """bnlab's own train step: one step per call (host-fed), and `steps_per_call`
     steps per call over the dataset held on the device (`train_many`)."""
     run = train.prepare(config)
-    fns = train.step_functions(run.model, run.optimizer, run.layout)
+    fns = train.step_functions(run.model, run.optimizer, run.layout,
+                               cpu_fusion=config.get("cpu_fusion", "auto"))
     return {f"bnlab_{k}": (_bnlab_call(fns, run, k), k) for k in (1, steps_per_call)}
 
 

@@ -108,7 +108,8 @@ def _config_fields() -> tuple[str, ...]:
 # Fields that never make two runs' settings differ (where they ran, how they logged).
 _INCIDENTAL = {"data_dir", "coordinator_address", "num_processes", "process_id",
                "log_every", "eval_every", "checkpoint_every", "log_grad_norms",
-               "steps_per_call", "eval_batch_size", "log_activations", "log_landscape"}
+               "steps_per_call", "cpu_fusion", "eval_batch_size", "log_activations",
+               "log_landscape"}
 
 
 def _comparable(runs: pd.DataFrame, free: tuple[str, ...]) -> list[pd.DataFrame]:

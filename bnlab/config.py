@@ -15,6 +15,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 PLACEMENTS = ("before_activation", "after_activation")
 DTYPES = ("float32", "bfloat16")
+CPU_FUSIONS = ("auto", "xla", "ynnpack")  # see bnlab/xla_cpu.py
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  "fused steps run on one device (parallel='none') for now")
         _require(config, "steps_per_call", not config.augment,
                  "fused steps need augment=False: augmentation runs on the host")
+    _require(config, "cpu_fusion", config.get("cpu_fusion", "auto") in CPU_FUSIONS,
+             f"allowed: {', '.join(CPU_FUSIONS)}")
     if config.get("checkpoint_every") is not None:
         _positive_int(config, "checkpoint_every")
         _require(config, "checkpoint_every", config.checkpoint_every % config.log_every == 0,
@@ -156,8 +159,10 @@ DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "defa
 
 # How a run was launched or executed, not what it computes: left out of its
 # identity (run id). steps_per_call changes how many steps one call runs, not the
-# steps (tested equal to one step per call).
-LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id", "steps_per_call")
+# steps (tested equal to one step per call); cpu_fusion how XLA fuses them (tested
+# equal within float rounding).
+LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id", "steps_per_call",
+                 "cpu_fusion")
 
 
 def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import optax
 from tqdm.auto import tqdm
 
 from bnlab import config as config_lib
-from bnlab import data, models, norms, parallel, tracking
+from bnlab import data, models, norms, parallel, tracking, xla_cpu
 
 # Tracing a step function counts here: tests and the sweep report compilations.
 TRACE_COUNTS: dict[str, int] = {"train_step": 0, "eval_step": 0}
@@ -307,11 +307,12 @@ def diagnostics_function(model, order: tuple[str, ...], activations: bool, lands
 
 @functools.lru_cache(maxsize=64)
 def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout,
-                   log_grad_norms: bool = False) -> Steps:
+                   log_grad_norms: bool = False, cpu_fusion: str = "auto") -> Steps:
     """Compiled steps shared by every run with the same model, optimizer shape and
     layout: learning rate, weight decay and seed are values, not part of the key.
     With `log_grad_norms` the totals carry each layer's summed gradient norm
-    (`new_totals(len(layer_names(params)))`)."""
+    (`new_totals(len(layer_names(params)))`). On one CPU device each step compiles
+    with XLA's fusions or YNNPACK's as `cpu_fusion` says (`bnlab.xla_cpu`)."""
     tx = make_optimizer(spec)
 
     def init(rng, sample, learning_rate, weight_decay):
@@ -385,17 +386,20 @@ def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout,
 
         return jax.lax.scan(one_step, (state, totals), batch_indices, unroll=unroll)[0]
 
-    steps = Steps(jax.jit(init), layout.compile(train_step, 2, replicated_args=2),
-                  None, layout.compile(eval_step, 3), layout.compile(batch_stats_step, 2))
     if layout.mode != "none":
-        return steps
+        return Steps(jax.jit(init), layout.compile(train_step, 2, replicated_args=2),
+                     None, layout.compile(eval_step, 3), layout.compile(batch_stats_step, 2))
+    steps = Steps(jax.jit(init), xla_cpu.jit(train_step, cpu_fusion, 2), None,
+                  xla_cpu.jit(eval_step, cpu_fusion, 1),
+                  xla_cpu.jit(batch_stats_step, cpu_fusion, 1))
     # One loop: a single run's fused steps and a packed group's are train_many, the
     # latter vmapped; members never exchange values, so one member's NaN stays its own.
     # The old state's buffers are reused for the new one (XLA's CPU backend cannot
     # donate and would warn on every call).
     donate = () if jax.default_backend() == "cpu" else (0,)
     return dataclasses.replace(
-        steps, train_many=jax.jit(train_many, donate_argnums=donate),
+        steps, train_many=xla_cpu.jit(train_many, cpu_fusion, 2, steps_arg=4,
+                                         donate_argnums=donate),
         init_packed=jax.jit(jax.vmap(init, in_axes=(0, None, 0, 0))),
         train_packed=jax.jit(jax.vmap(train_many, in_axes=(0, 0, None, None, 0)),
                              donate_argnums=donate),
@@ -586,7 +590,8 @@ def _final_padding_evaluations(run: Prepared, state: TrainState) -> dict[str, fl
 def _train(run: Prepared, writer: tracking.RunWriter, checkpoints: tracking.Checkpoints | None,
            start_step: int, previous: list[dict[str, Any]]) -> dict[str, Any]:
     config, layout = run.config, run.layout
-    steps = step_functions(run.model, run.optimizer, layout, config.log_grad_norms)
+    steps = step_functions(run.model, run.optimizer, layout, config.log_grad_norms,
+                           config.get("cpu_fusion", "auto"))
     sample = jnp.zeros((config.batch_size // layout.num_devices,) + run.train_set.image_shape,
                        jnp.float32)
     state = steps.init(jax.random.key(config.seed), sample, config.learning_rate,
@@ -810,7 +815,8 @@ def _train_packed(members: list[Prepared], writers: list[tracking.RunWriter],
     members diverge or finish, so the caller knows whose writer to fail on a crash."""
     run, count_members = members[0], len(members)
     config = run.config
-    steps = step_functions(run.model, run.optimizer, run.layout, config.log_grad_norms)
+    steps = step_functions(run.model, run.optimizer, run.layout, config.log_grad_norms,
+                           config.get("cpu_fusion", "auto"))
     sample = jnp.zeros((config.batch_size,) + run.train_set.image_shape, jnp.float32)
     seeds = jnp.asarray([m.config.seed for m in members])
     state = steps.init_packed(jax.vmap(jax.random.key)(seeds), sample,

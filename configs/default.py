@@ -73,6 +73,11 @@ def get_config() -> ml_collections.ConfigDict:
     # allows it (one device, no augmentation), one step per call otherwise and on a
     # CPU, where fusing was slower (measured). Not part of the run's identity.
     config.steps_per_call = 0
+    # On a CPU: "auto" compiles a step with YNNPACK's elementwise and reduction
+    # fusions when XLA counts >= 6e8 FLOPs in it (ResNet-20 at batch 128: 1.55x on
+    # the 2-core CI machine; small steps lose), "xla" never, "ynnpack" always
+    # (bnlab/xla_cpu.py). Not part of the run's identity; ignored on accelerators.
+    config.cpu_fusion = "auto"
     config.log_every = 50
     config.eval_every = placeholder(int)  # steps; the test set is always evaluated at the end
     config.target_accuracy = placeholder(float)  # record steps to this test accuracy

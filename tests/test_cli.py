@@ -53,6 +53,7 @@ BAD_INPUT = [
      "config.steps_per_call=10: fused steps need augment=False"),
     (["--config.steps_per_call=10", "--config.parallel=pmap"],
      "config.steps_per_call=10: fused steps run on one device"),
+    (["--config.cpu_fusion=fast"], "config.cpu_fusion='fast': allowed: auto, xla, ynnpack"),
     (["--config.checkpoint_every=70"],
      "config.checkpoint_every=70: must be a multiple of config.log_every=50"),
     (["--config.nrom=gn"], "unknown config field 'nrom'; did you mean 'norm'?"),
