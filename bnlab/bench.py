@@ -47,10 +47,11 @@ def _backend_defaults() -> dict[str, Any]:
 
 
 def _config(model: str, norm: str, batch_size: int, dtype: str = "float32",
-            examples: int = 4096) -> ml_collections.ConfigDict:
+            examples: int = 4096, cpu_fusion: str = "auto") -> ml_collections.ConfigDict:
     config = load_config_file(DEFAULT_CONFIG_FILE)
     config.update(dataset="synthetic", model=model, norm=norm, batch_size=batch_size,
-                  dtype=dtype, train_size=None, num_steps=10**6, bn_eval="ema")
+                  dtype=dtype, train_size=None, num_steps=10**6, bn_eval="ema",
+                  cpu_fusion=cpu_fusion)
     config.synthetic = ml_collections.ConfigDict(
         {"num_examples": max(examples, batch_size), "image_shape": IMAGE_SHAPE})
     return config
@@ -231,14 +232,15 @@ def _torch_call(torch, net, batch_size: int, device: str,
 
 def step_benchmark(model: str, norm: str, batch_size: int, dtype: str = "float32",
                    steps: int | None = None, steps_per_call: int | None = None,
-                   with_torch: bool = True) -> dict[str, Any]:
+                   with_torch: bool = True, cpu_fusion: str = "auto") -> dict[str, Any]:
     defaults = _backend_defaults()
     steps = steps or defaults["steps"]
     steps_per_call = steps_per_call or defaults["steps_per_call"]
-    config = _config(model, norm, batch_size, dtype)
+    config = _config(model, norm, batch_size, dtype, cpu_fusion=cpu_fusion)
     run = train.prepare(config)
     record: dict[str, Any] = {"bench": "step", "model": model, "norm": norm,
                               "batch_size": batch_size, "dtype": dtype,
+                              "cpu_fusion": cpu_fusion,
                               "device": jax.devices()[0].device_kind, "steps": steps}
     # The network as a user first writes it: the textbook two-pass norm left to
     # JAX's autodiff and Flax's max pool, where bnlab has faster equal layers.
@@ -448,8 +450,8 @@ def table(records: list[dict[str, Any]]) -> str:
 
 def run(which: str, models_: list[str], norm_names: list[str], batch_sizes: list[int],
         dtype: str, steps: int | None, steps_per_call: int | None, members: int,
-        with_torch: bool, on_record: Callable[[list], None] | None = None
-        ) -> list[dict[str, Any]]:
+        with_torch: bool, on_record: Callable[[list], None] | None = None,
+        cpu_fusion: str = "auto") -> list[dict[str, Any]]:
     """The benchmarks `which` (step, norms, pack, load or all); each record is printed as
     soon as it is measured, and `on_record(records so far)` called (to save them)."""
     records = []
@@ -465,7 +467,7 @@ def run(which: str, models_: list[str], norm_names: list[str], batch_sizes: list
             for norm in norm_names:
                 for batch_size in batch_sizes:
                     done(step_benchmark(model, norm, batch_size, dtype, steps, steps_per_call,
-                                        with_torch))
+                                        with_torch, cpu_fusion))
     if which in ("norms", "all"):
         done(norm_benchmark(dtype=dtype))
     if which in ("pack", "all"):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bnlab.config import DEFAULT_CONFIG_FILE, ConfigError
+from bnlab.config import CPU_FUSIONS, DEFAULT_CONFIG_FILE, ConfigError
 
 DEFAULT_CONFIG = DEFAULT_CONFIG_FILE
 USAGE = """usage: python -m bnlab <command> [flags]
@@ -315,6 +315,9 @@ def bench_command(argv: list[str]) -> int:
                          flag_values=flag_values)
     flags.DEFINE_integer("members", 16, "runs packed together by the pack benchmark",
                          lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_enum("cpu_fusion", "auto", list(CPU_FUSIONS), "on a CPU, bnlab's "
+                      "steps with XLA's fusions or YNNPACK's (config.cpu_fusion)",
+                      flag_values=flag_values)
     flags.DEFINE_bool("torch", True, "also time the article's PyTorch code, when torch is "
                       "installed", flag_values=flag_values)
     flags.DEFINE_string("out", None, "write the records here as JSON", flag_values=flag_values)
@@ -342,7 +345,7 @@ def bench_command(argv: list[str]) -> int:
 
     bench.run(which, flag_values.models, flag_values.norms, batch_sizes, flag_values.dtype,
               flag_values.steps, flag_values.steps_per_call, flag_values.members,
-              flag_values.torch, save if flag_values.out else None)
+              flag_values.torch, save if flag_values.out else None, flag_values.cpu_fusion)
     if flag_values.out:
         print(f"wrote {flag_values.out}")
     return 0

@@ -42,7 +42,8 @@ def test_norm_benchmark_counts_fewer_memory_passes_for_the_fused_norms():
 
 def test_step_benchmark_times_every_loop_against_the_plain_one():
     record = bench.step_benchmark("simple_cnn", "bn", 2, steps=4, steps_per_call=2,
-                                  with_torch=False)
+                                  with_torch=False, cpu_fusion="ynnpack")
+    assert record["cpu_fusion"] == "ynnpack"
     loops = record["loops"]
     assert set(loops) == {"plain_flax", "bnlab_1", "bnlab_2"}
     assert loops["plain_flax"]["vs_plain"] == 1.0

@@ -26,7 +26,12 @@ def checkpointed(synthetic_config):
     return synthetic_config
 
 
-def test_a_crashed_run_resumes_to_the_same_metrics(checkpointed, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cpu_fusion", ["auto", "ynnpack"])
+def test_a_crashed_run_resumes_to_the_same_metrics(checkpointed, tmp_path, monkeypatch,
+                                                   cpu_fusion):
+    """Bit for bit, also where the steps are compiled ahead of time with YNNPACK's
+    fusions (`xla_cpu.TunedJit`; the resumed state comes back as host arrays)."""
+    checkpointed.cpu_fusion = cpu_fusion
     reference = train.train_and_evaluate(checkpointed, str(tmp_path / "whole"))
     real_batches = data.train_batches
 

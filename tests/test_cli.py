@@ -90,3 +90,17 @@ def test_bad_command_lines(args, message):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["step", "--cpu_fusion", "fast"], "flag --cpu_fusion=fast: value should be one of"),
+    (["step", "--models", "vgg"], "config.models='vgg': allowed"),
+    (["steps"], "unknown benchmark 'steps'"),
+])
+def test_bench_rejects_bad_input_in_one_line(tmp_path, args, message):
+    out = tmp_path / "bench.json"
+    result = _bnlab("bench", *args, "--out", str(out))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not out.exists()
