@@ -5,7 +5,7 @@ XLA's CPU backend can hand elementwise ops and reductions to YNNPACK
 fusions). Where XLA fuses them itself it also fuses producers into the transposes
 in front of the weight-gradient convolutions, and a ResNet's residual stream is
 then re-derived block after block (docs/PERFORMANCE.md). With YNNPACK's fusions
-ResNet-20's train step ran 1.55× faster at batch 128 and 1.17× at batch 8 on the
+ResNet-20's train step ran 1.5–1.7× faster at batch 128 and 1.2× at batch 8 on the
 2-core CI machine; steps with little work per op lost instead (SimpleCNN at
 batch 2: 0.83×, ResNet-20 at batch 2: 0.92×), as each fused op pays YNNPACK's
 dispatch. The work XLA counts in a step (its FLOPs) separated the two on every
@@ -90,9 +90,6 @@ class TunedJit:
         if call is None:
             call = self._calls[key] = self._compile(key, args)
         return call(*args)
-
-    def lower(self, *args) -> jax.stages.Lowered:
-        return self.jitted.lower(*args)
 
     def compiled(self, *args) -> jax.stages.Compiled:
         """The executable that `self(*args)` runs (to read its HLO)."""
