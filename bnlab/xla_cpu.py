@@ -84,19 +84,19 @@ class TunedJit:
         return tuple((np.shape(a), getattr(a, "dtype", type(a)))
                      for a in jax.tree.leaves(args[self.fixed_args:]))
 
-    def __call__(self, *args):
+    def _call_for(self, args) -> Callable[..., Any]:
         key = self._key(args)
         call = self._calls.get(key)
         if call is None:
             call = self._calls[key] = self._compile(key, args)
-        return call(*args)
+        return call
+
+    def __call__(self, *args):
+        return self._call_for(args)(*args)
 
     def compiled(self, *args) -> jax.stages.Compiled:
         """The executable that `self(*args)` runs (to read its HLO)."""
-        key = self._key(args)
-        if key not in self._calls:
-            self._calls[key] = self._compile(key, args)
-        call = self._calls[key]
+        call = self._call_for(args)
         return call.lower(*args).compile() if call is self.jitted else call
 
     def _compile(self, key: tuple, args) -> Callable[..., Any]:
