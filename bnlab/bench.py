@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bnlab import data, models, norms, train
+from bnlab import data, heap, models, norms, train
 from bnlab.config import DEFAULT_CONFIG_FILE, load_config_file
 
 IMAGE_SHAPE = (32, 32, 3)  # the article's CIFAR-sized input
@@ -241,14 +241,17 @@ def step_benchmark(model: str, norm: str, batch_size: int, dtype: str = "float32
     record: dict[str, Any] = {"bench": "step", "model": model, "norm": norm,
                               "batch_size": batch_size, "dtype": dtype,
                               "cpu_fusion": cpu_fusion,
+                              # every loop's, PyTorch's too: one process (bnlab/heap.py)
+                              "malloc": "kept" if heap.kept else "system",
                               "device": jax.devices()[0].device_kind, "steps": steps}
     # The network as a user first writes it: the textbook two-pass norm left to
-    # JAX's autodiff and Flax's max pool, where bnlab has faster equal layers.
+    # JAX's autodiff, Flax's max pool and nn.Conv throughout, where bnlab has
+    # faster equal layers.
     plain_options = dict(run.model.norm_options or ())
     if norm != "none":
         plain_options["fused"] = False
     plain_model = models.make(model, norm=norm, num_classes=10, norm_options=plain_options,
-                              **({"pool": "flax"} if model == "simple_cnn" else {}))
+                              conv="xla", **({"pool": "flax"} if model == "simple_cnn" else {}))
     calls = {"plain_flax": (plain_flax_call(plain_model, run.train_set, batch_size), 1)}
     calls.update(bnlab_calls(config, steps_per_call))
     failed, torch_compile_s = {}, {}

@@ -36,13 +36,28 @@ def _torch_default_bias(fan_in: int):
     return init
 
 
+# A first layer's few input channels (an image's 1 or 3) leave XLA's CPU
+# convolution far from the machine's speed: SimpleCNN's conv1 at batch 128 took
+# 4.4-4.6 ms forward on 32×32×3 and 2.8-3.2 ms on 28×28×1 on the 2-core CI machine,
+# against 2.4-2.7 and 0.95 ms as one matmul over the 3×3 patches. With 16 input
+# channels the patches are 9× the input and the matmul lost (SimpleCNN's conv2 as
+# well: 0.81× for the step), so only layers with at most this many input channels
+# take them.
+MAX_PATCH_CHANNELS = 4
+
+
 class Conv(nn.Module):
     """`nn.Conv` with padding 1 (same parameters, same result up to float rounding),
-    computed as one matmul per kernel tap over a shifted view of the padded input.
-    Packed runs use it: under vmap over members these are batched matmuls, where
-    vmap turns `lax.conv` into a grouped convolution that GPUs run slowly (on an
-    H100, SimpleCNN's convs at 16 members × batch 8: 0.45 against 0.14 ms, and at
-    128 × 2: 1.4 against 0.25 ms, forward+backward; scripts/gpu/packed_conv.py).
+    computed another way (`method`):
+
+    - "shifts": one matmul per kernel tap over a shifted view of the padded input.
+      Packed runs use it: under vmap over members these are batched matmuls, where
+      vmap turns `lax.conv` into a grouped convolution that GPUs run slowly (on an
+      H100, SimpleCNN's convs at 16 members × batch 8: 0.45 against 0.14 ms, and at
+      128 × 2: 1.4 against 0.25 ms, forward+backward; scripts/gpu/packed_conv.py).
+    - "patches": one matmul over all taps' patches (im2col) forward, XLA's
+      convolution gradients backward (`conv_patches`); for a CPU's first layer.
+
     The class is named Conv so its parameters are named as nn.Conv's."""
 
     features: int
@@ -52,29 +67,80 @@ class Conv(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
+    method: str = "shifts"
 
     @nn.compact
     def __call__(self, x):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
         s = self.strides
-        height = (x.shape[1] + 2 * (kh // 2) - kh) // s + 1
-        width = (x.shape[2] + 2 * (kw // 2) - kw) // s + 1
-        out = sum(padded[:, dy:dy + s * (height - 1) + 1:s, dx:dx + s * (width - 1) + 1:s]
-                  @ kernel[dy, dx] for dy in range(kh) for dx in range(kw))
+        if self.method == "patches":
+            if s != 1:
+                raise ValueError("Conv(method='patches') takes strides=1 only")
+            out = conv_patches(x, kernel)
+        else:
+            padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+            height = (x.shape[1] + 2 * (kh // 2) - kh) // s + 1
+            width = (x.shape[2] + 2 * (kw // 2) - kw) // s + 1
+            out = sum(padded[:, dy:dy + s * (height - 1) + 1:s, dx:dx + s * (width - 1) + 1:s]
+                      @ kernel[dy, dx] for dy in range(kh) for dx in range(kw))
         if self.use_bias:
             out = out + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
         return out
 
 
-def _conv(kind: str, features: int, **options) -> nn.Module:
-    """A 3×3 convolution with padding 1: XLA's (`nn.Conv`) or the shifted matmuls
-    of `Conv` (for packed runs)."""
-    if kind == "shifts":
-        return Conv(features, **options)
+def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """XLA's convolution, stride 1, zero padding that keeps the size (as nn.Conv's)."""
+    kh, kw = kernel.shape[:2]
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def conv_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`_conv_same(x, kernel)` as one matmul over the padded input's patches
+    (N×H×W×(kh·kw·C), ordered as the kernel's rows: row tap, column tap, channel).
+    Its gradients are XLA's convolution gradients, not the matmul's: the weight
+    gradient as a matmul over the patches took 5.4 against 1.5 ms for conv1 at
+    batch 128 (32×32×3), and the patches need not be kept for the backward."""
+    h, w, c = x.shape[1:]
+    kh, kw = kernel.shape[:2]
+    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    # The column taps, then the row taps of those: the same patches as one concat
+    # of all kh·kw shifted views, but 2.4-2.7 against 2.9-4.9 ms forward for
+    # conv1 at batch 128 (32×32×3), and 0.19-0.22 against 0.27-0.29 s to compile.
+    rows = jnp.concatenate([padded[:, :, dx:dx + w] for dx in range(kw)], axis=-1)
+    patches = jnp.concatenate([rows[:, dy:dy + h] for dy in range(kh)], axis=-1)
+    return patches @ kernel.reshape(kh * kw * c, -1)
+
+
+def _conv_patches_forward(x, kernel):
+    return conv_patches(x, kernel), (x, kernel)
+
+
+def _conv_patches_backward(residuals, g):
+    return jax.vjp(_conv_same, *residuals)[1](g)
+
+
+conv_patches.defvjp(_conv_patches_forward, _conv_patches_backward)
+
+CONVS = ("auto", "xla", "shifts")
+
+
+def _conv(kind: str, features: int, in_features: int, **options) -> nn.Module:
+    """A 3×3 convolution with padding 1: XLA's (`nn.Conv`), or `Conv`'s shifted
+    matmuls ("shifts", packed runs); "auto" is XLA's but on a CPU backend for a
+    stride-1 layer of at most `MAX_PATCH_CHANNELS` input channels, which takes
+    `Conv`'s patches."""
+    if kind not in CONVS:
+        raise ConfigError("conv", kind, f"allowed: {', '.join(CONVS)}")
     strides = options.pop("strides", 1)
+    if kind == "shifts":
+        return Conv(features, strides=strides, **options)
+    if (kind == "auto" and strides == 1 and in_features <= MAX_PATCH_CHANNELS
+            and jax.default_backend() == "cpu"):
+        return Conv(features, strides=strides, method="patches", **options)
     return nn.Conv(features, (3, 3), strides=strides, padding=1, **options)
 
 
@@ -149,7 +215,7 @@ class SimpleCNN(nn.Module):
     norm_options: tuple = ()
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
-    conv: str = "xla"  # or "shifts": see `Conv`
+    conv: str = "auto"  # or "xla", "shifts": see `_conv`
     pool: str = "fast"  # `max_pool_2x2`, or "flax": `nn.max_pool` (same numbers, slower)
 
     @nn.compact
@@ -161,7 +227,7 @@ class SimpleCNN(nn.Module):
         pool = pools[self.pool]
         for i, features in enumerate((16, 32), start=1):
             fan_in = 9 * x.shape[-1]
-            x = _conv(self.conv, features, dtype=self.dtype, name=f"conv{i}",
+            x = _conv(self.conv, features, x.shape[-1], dtype=self.dtype, name=f"conv{i}",
                         kernel_init=_torch_default_kernel,
                         bias_init=_torch_default_bias(fan_in))(x)
             x = _NormAct(self.norm, self.norm_options, self.norm_placement,
@@ -181,17 +247,18 @@ class _BasicBlock(nn.Module):
     norm: str
     norm_options: tuple
     dtype: Any
-    conv: str = "xla"
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
         def norm_layer():
             return norms.make(self.norm, **dict(self.norm_options))
 
-        conv = lambda s: _conv(self.conv, self.features, strides=s,  # noqa: E731
-                                 use_bias=False, kernel_init=_he_normal, dtype=self.dtype)
-        y = nn.relu(norm_layer()(conv(self.strides)(x), train=train))
-        y = norm_layer()(conv(1)(y), train=train)
+        conv = lambda s, inputs: _conv(  # noqa: E731
+            self.conv, self.features, inputs.shape[-1], strides=s, use_bias=False,
+            kernel_init=_he_normal, dtype=self.dtype)(inputs)
+        y = nn.relu(norm_layer()(conv(self.strides, x), train=train))
+        y = norm_layer()(conv(1, y), train=train)
         if x.shape != y.shape:
             # He et al.'s CIFAR option A: subsample, zero-pad the new channels; no params.
             x = x[:, ::self.strides, ::self.strides, :]
@@ -210,7 +277,7 @@ class ResNet20(nn.Module):
     blocks_per_stage: int = 3
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
-    conv: str = "xla"  # or "shifts": see `Conv`
+    conv: str = "auto"  # or "xla", "shifts": see `_conv`
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -218,8 +285,8 @@ class ResNet20(nn.Module):
             raise ConfigError("norm_placement", self.norm_placement,
                               "resnet20 places its norms as He et al. do: only 'before_activation'")
         x = x.astype(self.dtype)
-        x = _conv(self.conv, 16, use_bias=False, kernel_init=_he_normal,
-                    dtype=self.dtype)(x)
+        x = _conv(self.conv, 16, x.shape[-1], use_bias=False, kernel_init=_he_normal,
+                  dtype=self.dtype)(x)
         x = nn.relu(norms.make(self.norm, **dict(self.norm_options))(x, train=train))
         for stage, features in enumerate((16, 32, 64)):
             for block in range(self.blocks_per_stage):
@@ -243,7 +310,7 @@ class PlainCNN(nn.Module):
     norm_options: tuple = ()
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
-    conv: str = "xla"  # or "shifts": see `Conv`
+    conv: str = "auto"  # or "xla", "shifts": see `_conv`
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -252,9 +319,9 @@ class PlainCNN(nn.Module):
         for stage, count in enumerate(per_stage):
             for layer in range(count):
                 strides = 2 if stage > 0 and layer == 0 else 1
-                x = _conv(self.conv, self.width * 2**stage, strides=strides,
-                            use_bias=self.norm == "none", kernel_init=_he_normal,
-                            dtype=self.dtype)(x)
+                x = _conv(self.conv, self.width * 2**stage, x.shape[-1], strides=strides,
+                          use_bias=self.norm == "none", kernel_init=_he_normal,
+                          dtype=self.dtype)(x)
                 x = _NormAct(self.norm, self.norm_options, self.norm_placement)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

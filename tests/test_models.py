@@ -115,12 +115,15 @@ def test_values_per_statistic_per_layer():
     assert [layer["values_per_statistic"] for layer in layers] == [28 * 28 * 2, 14 * 14 * 4]
 
 
-@pytest.mark.parametrize("strides,use_bias,channels", [(1, True, 3), (2, False, 16)])
-def test_shifted_matmul_conv_equals_flax_conv(strides, use_bias, channels):
-    """models.Conv (the packed runs' convolution) against nn.Conv: same parameters,
-    same outputs and gradients up to float32 rounding."""
+@pytest.mark.parametrize("method,strides,use_bias,channels", [
+    ("shifts", 1, True, 3), ("shifts", 2, False, 16), ("patches", 1, True, 3),
+    ("patches", 1, False, 1)])
+def test_matmul_convs_equal_flax_conv(method, strides, use_bias, channels):
+    """models.Conv (the packed runs' shifted matmuls; the patches of a CPU's first
+    layer) against nn.Conv: same parameters, same outputs and gradients (the input's
+    too) up to float32 rounding."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, channels))
-    ours = models.Conv(8, strides=strides, use_bias=use_bias)
+    ours = models.Conv(8, strides=strides, use_bias=use_bias, method=method)
     flax_conv = nn.Conv(8, (3, 3), strides=strides, padding=1, use_bias=use_bias)
     variables = flax_conv.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
@@ -135,6 +138,32 @@ def test_shifted_matmul_conv_equals_flax_conv(strides, use_bias, channels):
                     jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(flax_conv, variables, x)),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_conv_takes_patches_for_a_cpus_first_layer_only():
+    """conv="auto" (the default) on this CPU: SimpleCNN's conv1 (3 input channels)
+    is one matmul over patches, conv2 (16) stays XLA's convolution; the network's
+    parameters, outputs and gradients are nn.Conv's (conv="xla") up to rounding."""
+    x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
+    auto, xla = (models.make("simple_cnn", norm="gn", norm_options={"num_groups": 8}, conv=c)
+                 for c in ("auto", "xla"))
+    variables = xla.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, auto.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, variables)
+
+    def convolutions(model):
+        jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x))(variables))
+        return jaxpr.count("conv_general_dilated")
+
+    assert (convolutions(auto), convolutions(xla)) == (1, 2)
+    np.testing.assert_allclose(auto.apply(variables, x), xla.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+    grads = [jax.jit(jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x)))))(variables)
+             for m in (auto, xla)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="conv"):
+        models.make("simple_cnn", conv="fast").init(jax.random.key(1), x)
 
 
 @pytest.mark.parametrize("norm,mask_padding,moves", [
