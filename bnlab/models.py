@@ -75,6 +75,8 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         s = self.strides
+        if self.method not in ("shifts", "patches"):
+            raise ValueError(f"Conv(method={self.method!r}): allowed: shifts, patches")
         if self.method == "patches":
             if s != 1:
                 raise ValueError("Conv(method='patches') takes strides=1 only")
