@@ -38,11 +38,81 @@ commands:
   bench   speed: bench [step|norms|pack|load|all] [--models M,..] [--norms N,..]
           [--batch_sizes B,..] [--dtype float32|bfloat16] [--out FILE.json]
 
-`python -m bnlab train --help` lists a command's flags."""
+`python -m bnlab COMMAND --help` lists a command's flags (and, for train, sweep
+and reproduce, every config field with its value and the config file's comment)."""
+HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
 
 
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
+
+
+class HelpRequested(Exception):
+    """--help: `str()` is the help text, printed to stdout with exit code 0."""
+
+
+def _command_usage(command: str) -> str:
+    """The command's lines of USAGE."""
+    lines = USAGE.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {command} "))
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i][2:3].strip() and not lines[i].startswith("   ")), len(lines))
+    first = lines[start].strip()[len(command):].strip()
+    rest = [f"  {line.strip()}" for line in lines[start + 1:end]]
+    return "\n".join([f"usage: python -m bnlab {command}: {first}", *rest])
+
+
+def _flags_help(flag_values) -> str:
+    """absl's help of the command's own flags, without absl's special flags."""
+    text = flag_values.get_help(include_special_flags=False)
+    # absl heads the flags with their module's name ("bnlab.cli:"), and lists each
+    # --config.FIELD given as a flag of its own: left out (the config's list has them).
+    lines, keep = [], True
+    for line in text.splitlines():
+        if line.startswith("  --"):
+            keep = not line.startswith("  --config.")
+        if keep and line.startswith(" "):
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _config_help(config, path: Path | str) -> str:
+    """Every field of `config` as `--config.FIELD=VALUE`, in the order and with the
+    comments of the config file's `get_config()` where the file assigns it; fields
+    the file sets some other way (a sweep file extending the default) come after."""
+    from bnlab.config import flatten
+
+    fields = flatten(config)
+    lines, seen, inside = [], set(), False
+    try:
+        source = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        source = []
+    for line in source:
+        text = line.strip()
+        if text.startswith("def "):
+            inside = text.startswith("def get_config")
+            continue
+        if not inside:
+            continue
+        assignment = re.match(r"config\.([\w.]+)\s*=[^#]*(?:#\s*(.*))?$", text)
+        if assignment and assignment.group(1) in fields and assignment.group(1) not in seen:
+            name, comment = assignment.groups()
+            seen.add(name)
+            lines.append(f"  --config.{name}={_shown(fields[name])}"
+                         + (f"  # {comment}" if comment else ""))
+        elif text.startswith("#"):
+            lines.append(f"  {text}")
+    lines += [f"  --config.{name}={_shown(value)}" for name, value in fields.items()
+              if name not in seen]
+    return (f"config fields (--config.FIELD=VALUE; values from {path}, after the "
+            "overrides given):\n" + "\n".join(lines))
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):  # flatten's form of a tuple; the flag takes a tuple
+        return f'"{tuple(value)}"'
+    return str(value)
 
 
 def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
@@ -55,6 +125,8 @@ def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
     flag_values = flags.FlagValues()
     if define_extra:
         define_extra(flags, flag_values)
+    help_wanted = any(arg in HELP_FLAGS for arg in argv[1:])
+    argv = [arg for arg in argv if arg not in HELP_FLAGS]
     try:
         # config_flags loads the file and reads the overrides already while defining.
         config_flags.DEFINE_config_file(
@@ -78,6 +150,11 @@ def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
     if len(rest) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     overrides = list(config_flags.get_override_values(flag_values["config"]))
+    if help_wanted:
+        command = argv[0].split()[-1]
+        raise HelpRequested("\n\n".join((
+            _command_usage(command), "flags:\n" + _flags_help(flag_values),
+            _config_help(config, flag_values["config"].config_filename))))
     return config, overrides, flag_values
 
 
@@ -117,6 +194,8 @@ def _enable_compilation_cache() -> None:
 
 
 def sweep_command(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[1] in HELP_FLAGS:  # no FILE to take the config from
+        argv = [argv[0], str(DEFAULT_CONFIG), *argv[1:]]
     if len(argv) < 2 or argv[1].startswith("-"):
         raise UsageError("usage: python -m bnlab sweep FILE --workdir DIR [flags]")
     sweep_file = Path(argv[1])
@@ -220,6 +299,8 @@ def ls_command(argv: list[str]) -> int:
     as CSV (to stdout or --out) or Parquet (--out)."""
     from bnlab import sweep, tracking
 
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        raise HelpRequested(_command_usage("ls"))
     args, options = [], {"--format": "table", "--out": None}
     rest = list(argv[1:])
     while rest:
@@ -321,6 +402,9 @@ def bench_command(argv: list[str]) -> int:
     flags.DEFINE_bool("torch", True, "also time the article's PyTorch code, when torch is "
                       "installed", flag_values=flag_values)
     flags.DEFINE_string("out", None, "write the records here as JSON", flag_values=flag_values)
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        raise HelpRequested(_command_usage("bench") + "\n\nflags:\n"
+                            + _flags_help(flag_values))
     try:
         rest = flag_values(argv)
         batch_sizes = [int(b) for b in flag_values.batch_sizes]
@@ -353,6 +437,8 @@ def bench_command(argv: list[str]) -> int:
 
 def report_command(argv: list[str]) -> int:
     """The claims' verdicts from a tracking directory (bnlab.claims), without training."""
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        raise HelpRequested(_command_usage("report"))
     if len(argv) not in (2, 3):
         raise UsageError("usage: python -m bnlab report DIR [OUT_DIR]")
     folder = Path(argv[1])
@@ -429,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command]([f"bnlab {command}"] + argv[2:])
+    except HelpRequested as text:
+        print(text)
+        return 0
     except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -92,6 +92,33 @@ def test_bad_command_lines(args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("command", ["train", "sweep", "reproduce", "bench", "ls", "report"])
+def test_every_command_answers_help(command):
+    result = _bnlab(command, "--help")
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert result.stdout.startswith(f"usage: python -m bnlab {command}: ")
+    if command in ("train", "sweep", "reproduce", "bench"):
+        assert "\n  --workdir: " in result.stdout or command == "bench"
+        assert "bnlab.cli:" not in result.stdout
+
+
+def test_train_help_lists_every_config_field_with_its_value_and_comment(tmp_path):
+    from bnlab.config import flatten, load_config_file
+
+    result = _bnlab("train", "--config.norm=gn", "--workdir", str(tmp_path / "w"), "-h")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    listed = [line.split("=")[0].strip()[len("--config."):] for line in lines
+              if line.startswith("  --config.")]
+    fields = flatten(load_config_file(ROOT / "configs" / "default.py"))
+    assert sorted(listed) == sorted(fields)  # each field once
+    assert "  --config.norm=gn" in lines  # the value after the override
+    assert "  # Normalization: bn, ln, in, gn, none." in lines
+    assert '  --config.step_boundaries="(0.5, 0.75)"  # step schedule: fractions of the run' \
+        in lines
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["step", "--cpu_fusion", "fast"], "flag --cpu_fusion=fast: value should be one of"),
     (["step", "--models", "vgg"], "config.models='vgg': allowed"),
