@@ -51,12 +51,16 @@ class HelpRequested(Exception):
     """--help: `str()` is the help text, printed to stdout with exit code 0."""
 
 
+def _wants_help(argv: list[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in argv[1:])
+
+
 def _command_usage(command: str) -> str:
     """The command's lines of USAGE."""
     lines = USAGE.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"  {command} "))
-    end = next((i for i in range(start + 1, len(lines))
-                if lines[i][2:3].strip() and not lines[i].startswith("   ")), len(lines))
+    end = next((i for i in range(start + 1, len(lines))  # up to a line not indented
+                if not lines[i].startswith("    ")), len(lines))  # as a continuation
     first = lines[start].strip()[len(command):].strip()
     rest = [f"  {line.strip()}" for line in lines[start + 1:end]]
     return "\n".join([f"usage: python -m bnlab {command}: {first}", *rest])
@@ -125,7 +129,7 @@ def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
     flag_values = flags.FlagValues()
     if define_extra:
         define_extra(flags, flag_values)
-    help_wanted = any(arg in HELP_FLAGS for arg in argv[1:])
+    help_wanted = _wants_help(argv)
     argv = [arg for arg in argv if arg not in HELP_FLAGS]
     try:
         # config_flags loads the file and reads the overrides already while defining.
@@ -299,7 +303,7 @@ def ls_command(argv: list[str]) -> int:
     as CSV (to stdout or --out) or Parquet (--out)."""
     from bnlab import sweep, tracking
 
-    if any(arg in HELP_FLAGS for arg in argv[1:]):
+    if _wants_help(argv):
         raise HelpRequested(_command_usage("ls"))
     args, options = [], {"--format": "table", "--out": None}
     rest = list(argv[1:])
@@ -402,7 +406,7 @@ def bench_command(argv: list[str]) -> int:
     flags.DEFINE_bool("torch", True, "also time the article's PyTorch code, when torch is "
                       "installed", flag_values=flag_values)
     flags.DEFINE_string("out", None, "write the records here as JSON", flag_values=flag_values)
-    if any(arg in HELP_FLAGS for arg in argv[1:]):
+    if _wants_help(argv):
         raise HelpRequested(_command_usage("bench") + "\n\nflags:\n"
                             + _flags_help(flag_values))
     try:
@@ -437,7 +441,7 @@ def bench_command(argv: list[str]) -> int:
 
 def report_command(argv: list[str]) -> int:
     """The claims' verdicts from a tracking directory (bnlab.claims), without training."""
-    if any(arg in HELP_FLAGS for arg in argv[1:]):
+    if _wants_help(argv):
         raise HelpRequested(_command_usage("report"))
     if len(argv) not in (2, 3):
         raise UsageError("usage: python -m bnlab report DIR [OUT_DIR]")
