@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bnlab.config import CPU_FUSIONS, DEFAULT_CONFIG_FILE, ConfigError
+from bnlab.config import CPU_FUSIONS, DEFAULT_CONFIG_FILE, ConfigError, flatten
 
 DEFAULT_CONFIG = DEFAULT_CONFIG_FILE
 USAGE = """usage: python -m bnlab <command> [flags]
@@ -84,8 +84,6 @@ def _config_help(config, path: Path | str) -> str:
     """Every field of `config` as `--config.FIELD=VALUE`, in the order and with the
     comments of the config file's `get_config()` where the file assigns it; fields
     the file sets some other way (a sweep file extending the default) come after."""
-    from bnlab.config import flatten
-
     fields = flatten(config)
     lines, seen, inside = [], set(), False
     try:
@@ -111,6 +109,16 @@ def _config_help(config, path: Path | str) -> str:
               if name not in seen]
     return (f"config fields (--config.FIELD=VALUE; values from {path}, after the "
             "overrides given):\n" + "\n".join(lines))
+
+
+def _help(command: str, flag_values=None, config=None) -> HelpRequested:
+    """The command's usage, then its flags, then its config's fields, as far as given."""
+    sections = [_command_usage(command)]
+    if flag_values is not None:
+        sections.append("flags:\n" + _flags_help(flag_values))
+    if config is not None:
+        sections.append(_config_help(config, flag_values["config"].config_filename))
+    return HelpRequested("\n\n".join(sections))
 
 
 def _shown(value) -> str:
@@ -155,10 +163,7 @@ def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
         raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     overrides = list(config_flags.get_override_values(flag_values["config"]))
     if help_wanted:
-        command = argv[0].split()[-1]
-        raise HelpRequested("\n\n".join((
-            _command_usage(command), "flags:\n" + _flags_help(flag_values),
-            _config_help(config, flag_values["config"].config_filename))))
+        raise _help(argv[0].split()[-1], flag_values, config)
     return config, overrides, flag_values
 
 
@@ -304,7 +309,7 @@ def ls_command(argv: list[str]) -> int:
     from bnlab import sweep, tracking
 
     if _wants_help(argv):
-        raise HelpRequested(_command_usage("ls"))
+        raise _help("ls")
     args, options = [], {"--format": "table", "--out": None}
     rest = list(argv[1:])
     while rest:
@@ -407,8 +412,7 @@ def bench_command(argv: list[str]) -> int:
                       "installed", flag_values=flag_values)
     flags.DEFINE_string("out", None, "write the records here as JSON", flag_values=flag_values)
     if _wants_help(argv):
-        raise HelpRequested(_command_usage("bench") + "\n\nflags:\n"
-                            + _flags_help(flag_values))
+        raise _help("bench", flag_values)
     try:
         rest = flag_values(argv)
         batch_sizes = [int(b) for b in flag_values.batch_sizes]
@@ -442,7 +446,7 @@ def bench_command(argv: list[str]) -> int:
 def report_command(argv: list[str]) -> int:
     """The claims' verdicts from a tracking directory (bnlab.claims), without training."""
     if _wants_help(argv):
-        raise HelpRequested(_command_usage("report"))
+        raise _help("report")
     if len(argv) not in (2, 3):
         raise UsageError("usage: python -m bnlab report DIR [OUT_DIR]")
     folder = Path(argv[1])
