@@ -1,4 +1,4 @@
-"""`python -m bnlab bench`: measured speed, as ratios within one run (DESIGN.md §8).
+"""`python -m bnlab bench`: measured speed, as ratios within one run (docs/PERFORMANCE.md).
 
 Three benchmarks, each a list of JSON records and a table on screen:
 
@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from bnlab import data, heap, models, norms, train
+from bnlab import steps as steps_lib
 from bnlab.config import DEFAULT_CONFIG_FILE, load_config_file
 
 IMAGE_SHAPE = (32, 32, 3)  # the article's CIFAR-sized input
@@ -135,14 +136,14 @@ def plain_flax_call(model, dataset: data.Dataset, batch_size: int,
 
 # ---------------------------------------------------------------- bnlab's loops
 
-def _bnlab_call(fns: train.Steps, run: train.Prepared, per_call: int, seed: int = 0,
+def _bnlab_call(fns: steps_lib.Steps, run: train.Prepared, per_call: int, seed: int = 0,
                 learning_rate: float = 0.05, device_data=None) -> Callable[[], Any]:
     """One run's call of bnlab's train step: one host-fed step (per_call 1), or
     `per_call` steps of `train_many` over the dataset held on the device
     (`device_data`: (images, labels) already there, else put there now)."""
     batch_size = run.config.batch_size
     sample = jnp.zeros((batch_size,) + run.train_set.image_shape)
-    state = [fns.init(jax.random.key(seed), sample, learning_rate, 0.0), train.new_totals()]
+    state = [fns.init(jax.random.key(seed), sample, learning_rate, 0.0), steps_lib.new_totals()]
     if per_call == 1:
         batches = data.train_batches(run.train_set, batch_size, seed)
 
@@ -168,8 +169,8 @@ def bnlab_calls(config: ml_collections.ConfigDict, steps_per_call: int
     """bnlab's own train step: one step per call (host-fed), and `steps_per_call`
     steps per call over the dataset held on the device (`train_many`)."""
     run = train.prepare(config)
-    fns = train.step_functions(run.model, run.optimizer, run.layout,
-                               cpu_fusion=config.get("cpu_fusion", "auto"))
+    fns = steps_lib.step_functions(run.model, run.optimizer, run.layout,
+                                   cpu_fusion=config.get("cpu_fusion", "auto"))
     return {f"bnlab_{k}": (_bnlab_call(fns, run, k), k) for k in (1, steps_per_call)}
 
 
@@ -347,10 +348,10 @@ def pack_benchmark(members: int = 16, batch_size: int = 8, model: str = "simple_
     steps_per_call = steps_per_call or defaults["steps_per_call"]
     config = _config(model, norm, batch_size)
     run = train.prepare(config)
-    fns = train.step_functions(run.model, run.optimizer, run.layout)
+    fns = steps_lib.step_functions(run.model, run.optimizer, run.layout)
     sample = jnp.zeros((batch_size,) + run.train_set.image_shape)
     images, labels = jax.device_put(run.train_set.images), jax.device_put(run.train_set.labels)
-    packed_fns = train.step_functions(train.packed_model(run.model), run.optimizer, run.layout)
+    packed_fns = steps_lib.packed_functions(run.model, run.optimizer)
     rates = np.geomspace(0.01, 0.1, members).astype(np.float32)
     record: dict[str, Any] = {"bench": "pack", "model": model, "norm": norm,
                               "members": members, "batch_size": batch_size, "steps": steps,
@@ -369,14 +370,14 @@ def pack_benchmark(members: int = 16, batch_size: int = 8, model: str = "simple_
 
     record["loops"]["sequential_1"] = sequential(1)
     record["loops"][f"sequential_{steps_per_call}"] = sequential(steps_per_call)
-    state = [packed_fns.init_packed(jax.vmap(jax.random.key)(jnp.arange(members)), sample,
+    state = [packed_fns.init(jax.vmap(jax.random.key)(jnp.arange(members)), sample,
                                     jnp.asarray(rates), jnp.zeros(members)),
-             train.new_totals(members=members)]
+             steps_lib.new_totals(members=members)]
     orders = [data.train_batch_indices(len(run.train_set), batch_size, m) for m in range(members)]
 
     def packed():
         chunk = np.stack([np.stack([next(o) for _ in range(steps_per_call)]) for o in orders])
-        state[:] = packed_fns.train_packed(*state, images, labels, chunk)
+        state[:] = packed_fns.train_many(*state, images, labels, chunk)
         return state[0].step
 
     result = _timed(packed, steps_per_call, steps)

@@ -1,4 +1,4 @@
-"""The article's claims (DESIGN.md §1) and the rules that turn a tracking directory
+"""The article's claims and the rules that turn a tracking directory
 into a verdict for each: SUPPORTED, NOT SUPPORTED or INCONCLUSIVE, from several
 seeds with a 95% interval, never from one run.
 
@@ -82,7 +82,7 @@ class Claim:
     text: str  # the article's claim, in English
     experiments: tuple[str, ...]  # the sweep files under experiments/ that test it (stems)
     rule: Callable[[pd.DataFrame], Verdict] | None = None
-    reference: str = ""  # what the literature measured (DESIGN.md §1)
+    reference: str = ""  # what the literature measured
 
 
 def _finished(runs: pd.DataFrame) -> pd.DataFrame:

@@ -271,12 +271,10 @@ def sweep_command(argv: list[str]) -> int:
     _enable_compilation_cache()
     pack = {"pack": flag_values.pack, "pack_size": flag_values.pack_size,
             "pack_on_cpu": flag_values.pack_on_cpu}
-    if flag_values.pack and not flag_values.pack_on_cpu and flag_values.executor == "local":
-        from bnlab import train
-
-        if not train.packing_pays():
-            print("--pack: packing is slower than one run after another on a CPU backend "
-                  "(`bnlab bench pack`); running the runs one by one (--pack_on_cpu forces it)")
+    if (flag_values.pack and not flag_values.pack_on_cpu and flag_values.executor == "local"
+            and not sweep.packing_pays()):
+        print("--pack: packing is slower than one run after another on a CPU backend "
+              "(`bnlab bench pack`); running the runs one by one (--pack_on_cpu forces it)")
     if flag_values.executor == "slurm":
         compiles = sweep.run_slurm(workdir, launch, flag_values.jobs, {
             "partition": flag_values.slurm_partition, "time_min": flag_values.slurm_time_min,

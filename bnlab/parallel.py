@@ -1,5 +1,5 @@
 """Devices, meshes and data-parallel steps, with the BN statistics' scope kept apart
-from the SGD batch (DESIGN.md §5).
+from the SGD batch (docs/ARCHITECTURE.md).
 
 A `Layout` says how a step runs: `none` (one device, `jit`), `pmap`, or
 `shard_map` over a 2-D mesh ('group', 'member'). The global batch is split over

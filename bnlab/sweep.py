@@ -1,5 +1,5 @@
 """Sweeps: a base config and a grid of overrides, run by workers that claim runs
-from the tracking directory (DESIGN.md §4, §7).
+from the tracking directory (docs/ARCHITECTURE.md).
 
 A sweep file defines `get_config()` (the base) and `get_sweep()` (a list of
 override dicts, built with `axis`, `product`, `zipped` and `chain`). Launching
@@ -270,15 +270,16 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
 
     With `pack`, runs that differ only in learning rate, weight decay and seed train
     together, up to `pack_size` at once (`train.train_packed`), where packing pays
-    (`train.packing_pays`: not on a CPU backend, unless `pack_on_cpu`)."""
+    (`packing_pays`: not on a CPU backend, unless `pack_on_cpu`). A packed member
+    computes what it would compute alone: packing changes the speed, not a number."""
     from tqdm.auto import tqdm
 
-    from bnlab import train
+    from bnlab import steps
 
     workdir = Path(workdir)
     run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
-    before = dict(train.TRACE_COUNTS)
-    pack = pack and (pack_on_cpu or train.packing_pays())
+    before = dict(steps.TRACE_COUNTS)
+    pack = pack and (pack_on_cpu or packing_pays())
     bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
     for group in _groups(workdir, run_ids, pack_size if pack else 1):
         claimed = [run_id for run_id in group if _claimable(workdir, run_id, launch_id)]
@@ -288,7 +289,16 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
             _run_one(workdir, claimed[0], launch_id)
         bar.update(len(group))  # seen: run here, or left to whoever holds them
     bar.close()
-    return {k: train.TRACE_COUNTS[k] - before[k] for k in before}
+    return {k: steps.TRACE_COUNTS[k] - before[k] for k in before}
+
+
+def packing_pays() -> bool:
+    """Whether packing is faster than one run after another on this backend. On the
+    2-core CPU it is not; on a GPU it is many times faster. `bnlab bench pack`
+    measures it on any machine (docs/PERFORMANCE.md)."""
+    import jax
+
+    return jax.default_backend() != "cpu"
 
 
 def _groups(workdir: Path, run_ids: list[str], size: int) -> list[list[str]]:

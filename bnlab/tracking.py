@@ -1,4 +1,4 @@
-"""The tracking directory (DESIGN.md §4): the one place that writes it.
+"""The tracking directory (docs/ARCHITECTURE.md): the one place that writes it.
 
 A run directory holds config.json, status.json, metrics.jsonl, summary.json,
 env.json and TensorBoard events. JSON files are written to a temp file and

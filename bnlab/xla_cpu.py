@@ -66,17 +66,19 @@ class TunedJit:
     their shapes from the others (the model and the batch): only the rest key the
     cache, which keeps the per-call cost to a few microseconds. A wrong guess is
     loud, not silent: a compiled step refuses inputs of another shape. Where one
-    call runs several steps, the leading axis of argument `steps_arg` counts them,
-    and the FLOPs compared are one step's.
+    call runs a step several times (K steps; packed members), the product of the
+    first `repeat_axes` axes of argument `repeat_arg` counts them, and the FLOPs
+    compared are one step's of one run: a run compiles alike alone or packed.
     """
 
     _warned = False
 
     def __init__(self, fun: Callable[..., Any], mode: str, fixed_args: int,
-                 steps_arg: int | None = None, **jit_options: Any):
+                 repeat_arg: int | None = None, repeat_axes: int = 1, **jit_options: Any):
         wants_ynnpack(mode, None)  # a bad mode fails here, not at the first step
         self.jitted = jax.jit(fun, **jit_options)
-        self.mode, self.fixed_args, self.steps_arg = mode, fixed_args, steps_arg
+        self.mode, self.fixed_args = mode, fixed_args
+        self.repeat_arg, self.repeat_axes = repeat_arg, repeat_axes
         self._calls: dict[tuple, Callable[..., Any]] = {}
         self.ynnpack: dict[tuple, bool] = {}  # per shape key: compiled with OPTIONS
 
@@ -107,8 +109,9 @@ class TunedJit:
         # same way, and shares this trace.
         lowered = self.jitted.lower(*args)
         step_flops = flops(lowered)
-        if step_flops is not None and self.steps_arg is not None:
-            step_flops /= max(1, np.shape(args[self.steps_arg])[0])
+        if step_flops is not None and self.repeat_arg is not None:
+            leading = np.shape(jax.tree.leaves(args[self.repeat_arg])[0])[:self.repeat_axes]
+            step_flops /= max(1, int(np.prod(leading)))
         if not wants_ynnpack(self.mode, step_flops):
             return self.jitted
         try:
@@ -123,9 +126,9 @@ class TunedJit:
         return compiled
 
 
-def jit(fun: Callable[..., Any], mode: str, fixed_args: int, steps_arg: int | None = None,
-        **jit_options: Any) -> Callable[..., Any]:
+def jit(fun: Callable[..., Any], mode: str, fixed_args: int, repeat_arg: int | None = None,
+        repeat_axes: int = 1, **jit_options: Any) -> Callable[..., Any]:
     """`TunedJit` on a CPU backend; plain `jax.jit` elsewhere (the option is the CPU's)."""
     if jax.default_backend() != "cpu":
         return jax.jit(fun, **jit_options)
-    return TunedJit(fun, mode, fixed_args, steps_arg, **jit_options)
+    return TunedJit(fun, mode, fixed_args, repeat_arg, repeat_axes, **jit_options)

@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_groups = 8  # gn: groups per layer (the GN paper's 32 exceeds conv1's 16 channels)
     config.group_size = placeholder(int)  # gn: channels per group; overrides num_groups
 
-    # Devices and batch statistics (DESIGN.md §5).
+    # Devices and batch statistics (docs/ARCHITECTURE.md).
     config.parallel = "none"  # none (one device, jit), pmap, shard_map
     config.num_devices = placeholder(int)  # data-parallel devices; all when unset
     config.bn_sync = "global"  # BN statistics over: global (all devices), local, or k (groups)
@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Diagnostics in metrics.jsonl: grad_norm/LAYER, the L2 norm of each top-level
     # layer's gradient, averaged over the steps since the last log.
     config.log_grad_norms = False
-    # At each log step, on a training batch of its own (train.diagnostics_function):
+    # At each log step, on a training batch of its own (probes.diagnostics_function):
     # act_mean/LAYER and act_std/LAYER, each top-level layer's output; and with
     # log_landscape, the loss landscape along the gradient (loss range, gradient
     # change, effective β-smoothness) and each layer's internal covariate shift

@@ -25,7 +25,8 @@ import optax
 import pytest
 from conftest import ROOT
 
-from bnlab import data, models, parallel, tracking, train
+from bnlab import data, models, parallel, probes, tracking, train
+from bnlab import steps as steps_lib
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
@@ -142,10 +143,10 @@ def test_per_example_norms_ignore_the_device_count(small_config, tmp_path, norm)
 def test_running_statistics_identical_on_every_replica_after_every_step(small_config, mode):
     config = _config(small_config, parallel=mode, bn_sync="local")
     run = train.prepare(config)
-    steps = train.step_functions(run.model, run.optimizer, run.layout)
+    steps = steps_lib.step_functions(run.model, run.optimizer, run.layout)
     state = steps.init(jax.random.key(0), jnp.zeros((4, 28, 28, 1)), 0.05, 0.0)
     state = run.layout.replicate(state)
-    totals = run.layout.replicate(train.new_totals())
+    totals = run.layout.replicate(steps_lib.new_totals())
     batches = data.train_batches(run.train_set, 32, seed=0)
     previous = None
     for _ in range(5):
@@ -214,11 +215,11 @@ def test_precise_bn_and_batch_statistics_against_numpy(small_config, mode):
                      learning_rate=0.5)
     run = train.prepare(config)
     layout = run.layout
-    steps = train.step_functions(run.model, run.optimizer, layout)
+    steps = steps_lib.step_functions(run.model, run.optimizer, layout)
     state = steps.init(jax.random.key(0), jnp.zeros((32 // layout.num_devices, 28, 28, 1)),
                        0.5, 0.0)
     state = layout.replicate(state)
-    totals = layout.replicate(train.new_totals())
+    totals = layout.replicate(steps_lib.new_totals())
     batches = data.train_batches(run.train_set, 32, seed=0)
     for _ in range(10):
         state, totals = steps.train(state, totals, *layout.shard(*next(batches)))
@@ -226,7 +227,7 @@ def test_precise_bn_and_batch_statistics_against_numpy(small_config, mode):
 
     # PreciseBN: the equal-weight mean of each layer's batch statistics over 6 batches.
     stat_batches = [next(batches) for _ in range(6)]
-    precise = layout.fetch(train.precise_bn_statistics(steps, layout, state,
+    precise = layout.fetch(probes.precise_bn_statistics(steps, layout, state,
                                                        iter(stat_batches), 6))
     per_batch = [_mlp_forward(params, images)[1] for images, _ in stat_batches]
     for layer in range(3):
@@ -238,7 +239,7 @@ def test_precise_bn_and_batch_statistics_against_numpy(small_config, mode):
 
     # Batch statistics at evaluation: each test batch of 32 normalized by its own.
     test = data.Dataset("t", "test", run.test_set.images[:96], run.test_set.labels[:96], 10)
-    result = train.evaluate_with_batch_statistics(steps, layout, state, test, 32)
+    result = probes.evaluate_with_batch_statistics(steps, layout, state, test, 32)
     correct = sum(int((_mlp_forward(params, test.images[i:i + 32])[0].argmax(1)
                        == test.labels[i:i + 32]).sum()) for i in range(0, 96, 32))
     assert result["accuracy"] == correct / 96

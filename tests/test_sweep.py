@@ -11,7 +11,8 @@ from collections import Counter
 import pytest
 from conftest import ROOT
 
-from bnlab import sweep, tracking, train
+from bnlab import steps as steps_lib
+from bnlab import sweep, tracking
 from bnlab.config import ConfigError, load_config_file
 
 SWEEP_FILE = '''
@@ -97,7 +98,7 @@ def test_dry_run_lists_runs_and_writes_nothing(tmp_path):
 
 
 def test_a_learning_rate_sweep_compiles_its_train_step_once(tmp_path):
-    train.step_functions.cache_clear()
+    steps_lib.step_functions.cache_clear()
     base = load_config_file(ROOT / "configs" / "default.py")
     base.update(dataset="synthetic", batch_size=16, num_steps=10, log_every=5, norm="none")
     grid = sweep.axis("learning_rate", [0.01, 0.03, 0.1, 1e6])  # the last one diverges

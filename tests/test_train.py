@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnlab import models, tracking, train
+from bnlab import models, optim, tracking, train
+from bnlab import steps as steps_lib
 
 
 def _rows(run_dir):
@@ -46,15 +47,15 @@ def test_same_config_and_seed_give_identical_metrics(small_config, tmp_path):
 
 
 def test_learning_rate_weight_decay_and_seed_reuse_one_compiled_step(synthetic_config, tmp_path):
-    train.step_functions.cache_clear()
-    before = dict(train.TRACE_COUNTS)
+    steps_lib.step_functions.cache_clear()
+    before = dict(steps_lib.TRACE_COUNTS)
     results = []
     for i, (lr, wd, seed) in enumerate([(0.05, 0.0, 0), (0.2, 5e-4, 0), (0.01, 1e-3, 3)]):
         synthetic_config.learning_rate, synthetic_config.weight_decay = lr, wd
         synthetic_config.seed = seed
         results.append(train.train_and_evaluate(synthetic_config, str(tmp_path / str(i))))
-    assert train.TRACE_COUNTS["train_step"] - before["train_step"] == 1
-    assert train.TRACE_COUNTS["eval_step"] - before["eval_step"] == 1
+    assert steps_lib.TRACE_COUNTS["train_step"] - before["train_step"] == 1
+    assert steps_lib.TRACE_COUNTS["eval_step"] - before["eval_step"] == 1
     assert len({r["train_loss"] for r in results}) == 3  # the values did reach the step
     assert [_rows(tmp_path / str(i))[0]["learning_rate"] for i in range(3)] == [0.05, 0.2, 0.01]
 
@@ -107,13 +108,13 @@ def _spec(**changes):
     base = dict(name="sgd", momentum=0.0, nesterov=False, schedule="constant", total_steps=20,
                 warmup_steps=0, step_boundaries=(0.5, 0.75), step_decay=0.1,
                 decay_norm_params=False)
-    return train.OptimizerSpec(**{**base, **changes})
+    return optim.OptimizerSpec(**{**base, **changes})
 
 
 def _applied_rates(spec, lr=0.3):
     """Runs the optimizer on a unit gradient: with momentum 0 and no decay, each
     update is exactly -lr_t, the learning rate the optimizer really used."""
-    tx = train.make_optimizer(spec)
+    tx = optim.make_optimizer(spec)
     params = {"w": jnp.zeros(())}
     state = tx.init(params)
     state.hyperparams["learning_rate"] = jnp.asarray(lr)
@@ -153,7 +154,7 @@ def test_weight_decay_and_the_norm_parameter_exclusion(decay_norm_params):
     model = models.make("simple_cnn", norm="bn")
     params = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=True)["params"]
     params = jax.tree.map(lambda p: p + 1.0, params)  # norm biases start at 0: shift all
-    tx = train.make_optimizer(_spec(decay_norm_params=decay_norm_params))
+    tx = optim.make_optimizer(_spec(decay_norm_params=decay_norm_params))
     state = tx.init(params)
     state.hyperparams["learning_rate"] = jnp.asarray(0.5)
     state.hyperparams["weight_decay"] = jnp.asarray(0.01)
@@ -225,7 +226,7 @@ def test_logged_gradient_norms_equal_a_hand_computed_gradient(small_config, tmp_
     assert set(logged) == {"conv1", "conv2", "fc1", "fc2", "norm1", "norm2"}
     for name, value in expected.items():
         assert logged[name] == pytest.approx(value, rel=1e-4), name
-    assert train.layer_names({"Conv_10": 0, "Conv_2": 0, "Dense_0": 0}) == [
+    assert steps_lib.layer_names({"Conv_10": 0, "Conv_2": 0, "Dense_0": 0}) == [
         "Conv_2", "Conv_10", "Dense_0"]  # depth order for plain_cnn's layers
 
 

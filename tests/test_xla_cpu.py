@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bnlab import steps as steps_lib
 from bnlab import tracking, train, xla_cpu
 
 
@@ -34,7 +35,7 @@ def test_the_option_reaches_the_compiler_and_keeps_the_values():
 
 
 def test_auto_compares_one_steps_flops_with_the_threshold(monkeypatch):
-    """`steps_arg` divides a fused call's FLOPs by its steps: four steps of a chain
+    """`repeat_arg` divides a fused call's FLOPs by its steps: four steps of a chain
     under the threshold stay with XLA's fusions though the call as a whole is over."""
     def many(carry, xs):
         return jax.lax.scan(lambda c, x: (c + _chain(x, x), None), carry, xs, unroll=True)[0]
@@ -44,12 +45,12 @@ def test_auto_compares_one_steps_flops_with_the_threshold(monkeypatch):
     one_step = xla_cpu.flops(jax.jit(_chain).lower(x, x))
     assert one_step and one_step > 0
     monkeypatch.setattr(xla_cpu, "MIN_FLOPS", 2 * one_step)
-    for steps_arg, expected in ((1, False), (None, True)):
-        tuned = xla_cpu.TunedJit(many, "auto", fixed_args=1, steps_arg=steps_arg)
+    for repeat_arg, expected in ((1, False), (None, True)):
+        tuned = xla_cpu.TunedJit(many, "auto", fixed_args=1, repeat_arg=repeat_arg)
         np.testing.assert_allclose(tuned(np.zeros_like(x), xs), 4 * _chain(x, x), rtol=1e-5)
         assert list(tuned.ynnpack.values()) == [expected]
     monkeypatch.setattr(xla_cpu, "MIN_FLOPS", 0.5 * one_step)
-    tuned = xla_cpu.TunedJit(many, "auto", fixed_args=1, steps_arg=1)
+    tuned = xla_cpu.TunedJit(many, "auto", fixed_args=1, repeat_arg=1)
     tuned(np.zeros_like(x), xs)
     tuned(np.zeros_like(x), xs[:2])  # a new length is a new compilation, decided anew
     assert list(tuned.ynnpack.values()) == [True, True]
@@ -85,7 +86,7 @@ def test_training_with_ynnpack_fusions_matches_xlas_own(small_config, tmp_path):
         accuracies[mode, per_call] = summary["test_accuracy"]
     run = train.prepare(small_config)  # the run's steps, from step_functions' cache
     for mode in ("xla", "ynnpack"):
-        steps = train.step_functions(run.model, run.optimizer, run.layout, False, mode)
+        steps = steps_lib.step_functions(run.model, run.optimizer, run.layout, False, mode)
         assert set(steps.train.ynnpack.values()) == {mode == "ynnpack"}
         assert set(steps.train_many.ynnpack.values()) == ({True} if mode == "ynnpack" else set())
     np.testing.assert_allclose(curves["ynnpack", 1], curves["xla", 1], rtol=1e-4)

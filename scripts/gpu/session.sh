@@ -19,7 +19,7 @@ done
 find /tmp/runs -name summary.json -exec sh -c 'echo {}; cat {}' \; > "$OUT/summaries.txt"
 # Issue 4: 16 SimpleCNN members at batch 8, packed against one after another.
 step python3 -m bnlab bench pack --members 16 --out "$OUT/pack16.json"
-# The DESIGN.md baseline: 128 members at batch 2.
+# The H100 baseline: 128 members at batch 2.
 step python3 -c "from bnlab import bench; import json
 r = bench.pack_benchmark(members=128, batch_size=2, steps=200)
 print(bench.table([r])); open('$OUT/pack128.json', 'w').write(bench.to_json([r]))"

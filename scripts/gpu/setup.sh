@@ -4,4 +4,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site BNLAB_DATA_DIR=$PWD/.data PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 OUT=${OUT:-/tmp/out}
 LOG="$OUT/log.txt"
-nvidia-smi -L | tee "$LOG"
+nvidia-smi -L | tee -a "$LOG"

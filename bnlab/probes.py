@@ -1,0 +1,179 @@
+"""What a run measures beside its loss and accuracy: the diagnostics logged during
+training (activations, the loss landscape, internal covariate shift) and the
+final evaluations (PreciseBN, BN with batch statistics, padded sequences)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bnlab import data, parallel
+from bnlab.steps import Steps, TrainState, cross_entropy, evaluate, global_norm
+
+# Step sizes, in multiples of the learning rate, at which the loss landscape is probed
+# along the gradient (Santurkar et al. 2018, §3.1: ½× to 4× the training step).
+LANDSCAPE_STEPS = (0.5, 1.0, 2.0, 4.0)
+
+
+@functools.lru_cache(maxsize=16)
+def diagnostics_function(model, order: tuple[str, ...], activations: bool, landscape: bool):
+    """(params, batch_stats, images, labels, learning_rate) → {metric: value}, jitted:
+    the diagnostics logged at a log step on one training batch, the network in
+    training mode (BN with this batch's statistics; nothing is updated).
+
+    activations: `act_mean/LAYER`, `act_std/LAYER` of each top-level layer's output.
+    landscape (Santurkar et al. 2018): with g the gradient and η the learning rate,
+    over the steps w − s·η·g, s in LANDSCAPE_STEPS: `landscape/loss_range` (largest
+    minus smallest loss), `landscape/grad_change` (largest ‖g(w − s·η·g) − g‖, the
+    gradient's predictiveness: small is predictive) and `landscape/beta` (largest
+    ‖Δg‖/‖Δw‖, the effective β-smoothness). And the internal covariate shift of
+    each layer with parameters but the first (their Definition 2.1): G, its
+    gradient, against G', its gradient after every layer before it (in `order`)
+    took the step w − η·g on the same batch: `ics/LAYER` = ‖G − G'‖/‖G‖ and
+    `ics_cos/LAYER` = cos(G, G'). The step is plain gradient descent, not the
+    run's optimizer (momentum left out)."""
+
+    def loss_fn(params, batch_stats, images, labels):
+        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                train=True, mutable=["batch_stats"])
+        return jnp.mean(cross_entropy(logits, labels))
+
+    gradient = jax.value_and_grad(loss_fn)
+
+    def diagnose(params, batch_stats, images, labels, learning_rate):
+        out = {}
+        if activations:
+            _, captured = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                      train=True, mutable=["batch_stats", "intermediates"],
+                                      capture_intermediates=True)
+            for name in order:
+                value = captured["intermediates"][name]["__call__"][0].astype(jnp.float32)
+                out[f"act_mean/{name}"] = jnp.mean(value)
+                out[f"act_std/{name}"] = jnp.std(value)
+        if not landscape:
+            return out
+        _, grads = gradient(params, batch_stats, images, labels)
+        losses, changes = [], []
+        for size in LANDSCAPE_STEPS:
+            moved = jax.tree.map(lambda w, g, s=size: w - s * learning_rate * g, params, grads)
+            loss, moved_grads = gradient(moved, batch_stats, images, labels)
+            losses.append(loss)
+            changes.append(global_norm(jax.tree.map(jnp.subtract, moved_grads, grads)))
+        losses, changes = jnp.stack(losses), jnp.stack(changes)
+        distances = jnp.asarray(LANDSCAPE_STEPS) * learning_rate * global_norm(grads)
+        out.update({"landscape/loss_range": jnp.max(losses) - jnp.min(losses),
+                    "landscape/grad_change": jnp.max(changes),
+                    "landscape/beta": jnp.max(changes / distances)})
+        weighted = [name for name in order if name in params]
+        for i, name in enumerate(weighted[1:], start=1):
+            before = set(weighted[:i])
+            moved = {k: (jax.tree.map(lambda w, g: w - learning_rate * g, v, grads[k])
+                         if k in before else v) for k, v in params.items()}
+            _, shifted = gradient(moved, batch_stats, images, labels)
+            g, g2 = grads[name], shifted[name]
+            dot = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2),
+                                                     strict=True))
+            out[f"ics/{name}"] = global_norm(jax.tree.map(jnp.subtract, g, g2)) / global_norm(g)
+            out[f"ics_cos/{name}"] = dot / (global_norm(g) * global_norm(g2))
+        return out
+
+    return jax.jit(diagnose)
+
+
+def precise_bn_statistics(steps: Steps, layout: parallel.Layout, state: TrainState,
+                          batches, num_batches: int):
+    """PreciseBN (Wu & Johnson 2021; fvcore's precise_bn): with frozen weights, the
+    equal-weight average of the BN statistics of `num_batches` training batches,
+    each computed exactly as in training (same normalization batch)."""
+    total = None
+    for _ in range(num_batches):
+        stats, _, _ = steps.batch_stats(state, *layout.shard(*next(batches)))
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    return jax.tree.map(lambda x: x / num_batches, total)
+
+
+def evaluate_with_batch_statistics(steps: Steps, layout: parallel.Layout, state: TrainState,
+                                   dataset: data.Dataset, batch_size: int) -> dict[str, float]:
+    """Test loss and accuracy when BN normalizes each test batch by its own statistics,
+    in batches of the training batch size (the remainder of the split is left out:
+    padding would change the statistics)."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    for start in range(0, len(dataset) - batch_size + 1, batch_size):
+        images = dataset.images[start:start + batch_size]
+        labels = dataset.labels[start:start + batch_size]
+        _, batch_loss, batch_correct = layout.fetch(
+            steps.batch_stats(state, *layout.shard(images, labels)))
+        loss_sum += float(batch_loss)
+        correct += int(batch_correct)
+        seen += batch_size
+    return {"loss": loss_sum / seen, "accuracy": correct / seen}
+
+
+def final_bn_evaluations(config: ml_collections.ConfigDict, steps: Steps,
+                         layout: parallel.Layout, state: TrainState, train_set: data.Dataset,
+                         test_set: data.Dataset) -> dict[str, float]:
+    """The extra BN evaluation modes of `config.bn_eval` beside the EMA one."""
+    out: dict[str, float] = {}
+    modes = {m.strip() for m in config.bn_eval.split(",")}
+    if config.norm != "bn":
+        return out
+    if "precise" in modes:
+        batches = data.train_batches(train_set, config.batch_size, config.seed + 1,
+                                     config.augment)
+        stats = precise_bn_statistics(steps, layout, state, batches, config.precise_bn_batches)
+        test = evaluate(steps, layout, state.replace(batch_stats=stats), test_set,
+                        config.eval_batch_size)
+        out.update(test_loss_precise_bn=test["loss"], test_accuracy_precise_bn=test["accuracy"])
+    if "batch" in modes:
+        test = evaluate_with_batch_statistics(steps, layout, state, test_set, config.batch_size)
+        out.update(test_loss_batch_stats=test["loss"],
+                   test_accuracy_batch_stats=test["accuracy"])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _predict_function(model, train: bool):
+    """(state, images) → predicted classes; with `train`, BN uses each batch's own
+    statistics (and nothing is updated)."""
+    def predict(state: TrainState, images):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        if train:
+            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        else:
+            logits = model.apply(variables, images, train=False)
+        return jnp.argmax(logits, -1)
+    return jax.jit(predict)
+
+
+def _predictions(model, state: TrainState, images: np.ndarray, batch_size: int,
+                 train: bool) -> np.ndarray:
+    """Predictions for the first ⌊N / batch_size⌋·batch_size examples."""
+    predict = _predict_function(model, train)
+    return np.concatenate([np.asarray(predict(state, images[i:i + batch_size]))
+                           for i in range(0, len(images) - batch_size + 1, batch_size)])
+
+
+def final_padding_evaluations(config: ml_collections.ConfigDict, model, state: TrainState,
+                              test: data.Dataset) -> dict[str, float]:
+    """For padded sequences (C8): the test set padded further, to twice its length.
+    `test_accuracy_padded`, and `prediction_change_padded`, the fraction of test
+    predictions that change, as the model is evaluated; for BN also
+    `prediction_change_padded_batch_stats`, with each batch's own statistics (how
+    BN computes in training), in batches of the training batch size."""
+    if config.dataset != "fashion_mnist_rows":
+        return {}
+    longer = data.pad_sequences(test.images, 2 * test.images.shape[1])
+    size = min(config.eval_batch_size, len(test))
+    short = _predictions(model, state, test.images, size, False)
+    long = _predictions(model, state, longer, size, False)
+    out = {"test_accuracy_padded": float(np.mean(long == test.labels[:len(long)])),
+           "prediction_change_padded": float(np.mean(short != long))}
+    if config.norm == "bn":
+        short = _predictions(model, state, test.images, config.batch_size, True)
+        long = _predictions(model, state, longer, config.batch_size, True)
+        out["prediction_change_padded_batch_stats"] = float(np.mean(short != long))
+    return out
