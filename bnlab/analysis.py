@@ -52,15 +52,15 @@ def load_runs(path: str | Path) -> pd.DataFrame:
     """One row per run: `run` (its folder name), `sweep` (the folder holding
     `runs/`, relative to `path`), `path`, `status`, every config field as a column,
     and every summary metric (None where the run has not finished). `status` is
-    `run_state`'s: done, diverged, failed, running, interrupted or pending."""
-    from bnlab import sweep
+    `tracking.run_state`'s: done, diverged, failed, running, interrupted or pending."""
+    from bnlab import tracking
 
     root = Path(path)
     rows = []
     for run_dir in run_dirs(root):
         config = _read(run_dir / "config.json")
         summary = _read(run_dir / "summary.json")
-        status = summary.get("status") or sweep.run_state(run_dir)
+        status = summary.get("status") or tracking.run_state(run_dir)
         parent = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir.parent
         try:
             sweep_name = str(parent.relative_to(root)) if parent != root else "."
@@ -236,7 +236,7 @@ def grad_norm_profile(curves: pd.DataFrame, hue: str = "norm",
     """Per-layer gradient norms (runs trained with `log_grad_norms`) at `step` (the
     last step each run logged, by default): one row per (hue, layer) with the
     layer's `position` (input side first), mean over runs, min and max."""
-    from bnlab.train import layer_names
+    from bnlab.tracking import layer_names
 
     data = curves[curves["metric"].str.startswith("grad_norm/")].copy()
     if data.empty:

@@ -235,15 +235,15 @@ def sweep_command(argv: list[str]) -> int:
                           "accelerators, not on a CPU backend", flag_values=flag_values)
         flags.DEFINE_integer("pack_size", 64, "at most this many runs in one pack",
                              lower_bound=1, flag_values=flag_values)
-        flags.DEFINE_bool("pack_on_cpu", False, "pack on a CPU backend too (slower there, "
-                          "as measured by `bnlab bench pack`)", flag_values=flag_values)
+        flags.DEFINE_bool("pack_on_cpu", False, "pack on a CPU backend too (its members then "
+                          "train in turn, no faster)", flag_values=flag_values)
 
     config, overrides, flag_values = _parse_config_flags(argv[:1] + argv[2:], sweep_file,
                                                          define)
     if not sweep_file.is_file():
         raise UsageError(f"no sweep file {sweep_file}")
     from bnlab import config as config_lib
-    from bnlab import sweep
+    from bnlab import sweep, train
 
     module = sweep.load_sweep_file(sweep_file)
     override_values = {key: config[key] for key in overrides}
@@ -272,7 +272,7 @@ def sweep_command(argv: list[str]) -> int:
     pack = {"pack": flag_values.pack, "pack_size": flag_values.pack_size,
             "pack_on_cpu": flag_values.pack_on_cpu}
     if (flag_values.pack and not flag_values.pack_on_cpu and flag_values.executor == "local"
-            and not sweep.packing_pays()):
+            and not train.packing_pays()):
         print("--pack: packing is slower than one run after another on a CPU backend "
               "(`bnlab bench pack`); running the runs one by one (--pack_on_cpu forces it)")
     if flag_values.executor == "slurm":
@@ -304,7 +304,7 @@ def worker_command(argv: list[str]) -> int:
 def ls_command(argv: list[str]) -> int:
     """The status table of a tracking directory, or every run's config and summary
     as CSV (to stdout or --out) or Parquet (--out)."""
-    from bnlab import sweep, tracking
+    from bnlab import tracking
 
     if _wants_help(argv):
         raise _help("ls")
@@ -360,7 +360,7 @@ def ls_command(argv: list[str]) -> int:
         summary_path = run_dir / "summary.json"
         summary = tracking.read_json(summary_path) if summary_path.is_file() else {}
         accuracy = summary.get("test_accuracy")
-        rows.append((str(run_dir.relative_to(folder)), sweep.run_state(run_dir),
+        rows.append((str(run_dir.relative_to(folder)), tracking.run_state(run_dir),
                      summary.get("step", ""), "" if accuracy is None else f"{accuracy:.4f}",
                      summary.get("sgd_batch_size", ""), summary.get("norm_batch_size", ""),
                      "" if "wall_time_s" not in summary else f"{summary['wall_time_s']:.1f}"))

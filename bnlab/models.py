@@ -132,7 +132,7 @@ CONVS = ("auto", "xla", "shifts")
 
 def _conv(kind: str, features: int, in_features: int, **options) -> nn.Module:
     """A 3×3 convolution with padding 1: XLA's (`nn.Conv`), or `Conv`'s shifted
-    matmuls ("shifts", packed runs); "auto" is XLA's but on a CPU backend for a
+    matmuls ("shifts"); "auto" is XLA's but on a CPU backend for a
     stride-1 layer of at most `MAX_PATCH_CHANNELS` input channels, which takes
     `Conv`'s patches."""
     if kind not in CONVS:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any
 
 import flax
@@ -23,6 +22,7 @@ import optax
 
 from bnlab import data, parallel, xla_cpu
 from bnlab.optim import OptimizerSpec, make_optimizer
+from bnlab.tracking import layer_names
 
 # Tracing a step function counts here: tests and the sweep report compilations.
 TRACE_COUNTS: dict[str, int] = {"train_step": 0, "eval_step": 0}
@@ -38,13 +38,6 @@ class TrainState:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def layer_names(params) -> list[str]:
-    """The top-level layers of a model's parameters in natural order (conv2 before
-    conv10): the order of `grad_norm` values."""
-    return sorted(params, key=lambda name: [int(t) if t.isdigit() else t
-                                            for t in re.split(r"(\d+)", name)])
 
 
 def global_norm(tree) -> jax.Array:

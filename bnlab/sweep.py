@@ -37,9 +37,7 @@ import ml_collections
 from bnlab import config as config_lib
 from bnlab import tracking
 
-# A claim whose file has not been touched for this long belongs to a dead worker
-# (on another host, where its pid cannot be checked). Workers touch it every 20 s.
-STALE_AFTER_S = 600.0
+# Workers touch their claims this often (tracking.STALE_AFTER_S: when one is dead).
 HEARTBEAT_S = 20.0
 
 
@@ -175,34 +173,13 @@ def write_plan(workdir: Path, runs: list[Run], meta: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- claims
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_is_stale(claim: Path) -> bool:
-    try:
-        owner = tracking.read_json(claim)
-        age = time.time() - claim.stat().st_mtime
-    except (OSError, json.JSONDecodeError):
-        return False  # being written or just released: not ours to judge
-    if owner.get("host") == socket.gethostname():
-        return not pid_alive(int(owner.get("pid", -1)))
-    return age > STALE_AFTER_S
-
-
 def try_claim(run_dir: Path, launch_id: str) -> bool:
     """Claims a run for this process: True if it is ours to run now."""
     if (run_dir / "summary.json").is_file():
         return False
     claim = run_dir / "claim.json"
     if claim.exists():
-        if not claim_is_stale(claim):
+        if not tracking.claim_is_stale(claim):
             return False
         try:  # one taker wins the rename; the others find no file to move
             os.rename(claim, run_dir / f".claim.stale.{os.getpid()}")
@@ -270,16 +247,16 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
 
     With `pack`, runs that differ only in learning rate, weight decay and seed train
     together, up to `pack_size` at once (`train.train_packed`), where packing pays
-    (`packing_pays`: not on a CPU backend, unless `pack_on_cpu`). A packed member
+    (`train.packing_pays`: not on a CPU backend, unless `pack_on_cpu`). A packed member
     computes what it would compute alone: packing changes the speed, not a number."""
     from tqdm.auto import tqdm
 
-    from bnlab import steps
+    from bnlab import steps, train
 
     workdir = Path(workdir)
     run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
     before = dict(steps.TRACE_COUNTS)
-    pack = pack and (pack_on_cpu or packing_pays())
+    pack = pack and (pack_on_cpu or train.packing_pays())
     bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
     for group in _groups(workdir, run_ids, pack_size if pack else 1):
         claimed = [run_id for run_id in group if _claimable(workdir, run_id, launch_id)]
@@ -290,15 +267,6 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
         bar.update(len(group))  # seen: run here, or left to whoever holds them
     bar.close()
     return {k: steps.TRACE_COUNTS[k] - before[k] for k in before}
-
-
-def packing_pays() -> bool:
-    """Whether packing is faster than one run after another on this backend. On the
-    2-core CPU it is not; on a GPU it is many times faster. `bnlab bench pack`
-    measures it on any machine (docs/PERFORMANCE.md)."""
-    import jax
-
-    return jax.default_backend() != "cpu"
 
 
 def _groups(workdir: Path, run_ids: list[str], size: int) -> list[list[str]]:
@@ -327,7 +295,7 @@ def _groups(workdir: Path, run_ids: list[str], size: int) -> list[list[str]]:
 def _claimable(workdir: Path, run_id: str, launch_id: str) -> bool:
     """Claims the run unless it failed in this launch already (a relaunch retries it)."""
     run_dir = workdir / "runs" / run_id
-    status = _read_status(run_dir)
+    status = tracking.read_status(run_dir)
     if status.get("status") == "failed" and status.get("launch") == launch_id:
         return False
     return try_claim(run_dir, launch_id)
@@ -335,7 +303,7 @@ def _claimable(workdir: Path, run_id: str, launch_id: str) -> bool:
 
 def _record_failure(run_dir: Path, launch_id: str, error: BaseException) -> None:
     """A failed run is recorded with the launch that failed it; the sweep goes on."""
-    status = _read_status(run_dir)
+    status = tracking.read_status(run_dir)
     status.update(status="failed", launch=launch_id, error=status.get("error") or repr(error))
     tracking.write_json_atomic(run_dir / "status.json", status)
 
@@ -370,47 +338,24 @@ def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
                                            [str(d) for d in run_dirs])
         outcomes = [s["status"] for s in summaries]
     except Exception as error:
-        for run_dir in run_dirs:
-            _record_failure(run_dir, launch_id, error)
+        for i, run_dir in enumerate(run_dirs):  # a member that ended before keeps its result
+            state = tracking.run_state(run_dir)
+            if state in ("done", "diverged"):
+                outcomes[i] = state
+            else:
+                _record_failure(run_dir, launch_id, error)
     finally:
         for run_id, run_dir, outcome in zip(run_ids, run_dirs, outcomes, strict=True):
             _log_event(workdir, event="end", run=run_id, launch=launch_id, outcome=outcome)
             (run_dir / "claim.json").unlink(missing_ok=True)
 
 
-def _read_status(run_dir: Path) -> dict[str, Any]:
-    """status.json, or {} when it is not there (yet): never a reason to crash."""
-    try:
-        return tracking.read_json(run_dir / "status.json")
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def run_state(run_dir: Path) -> str:
-    """What a run is now: done or diverged (it has a summary), failed, pending,
-    running (a live owner), or interrupted (said running, but its owner is gone)."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
-            return tracking.read_json(summary)["status"]
-    status = _read_status(run_dir)
-    state = status.get("status", "pending")
-    if state != "running":
-        return state
-    claim = run_dir / "claim.json"
-    if claim.exists():
-        return "interrupted" if claim_is_stale(claim) else "running"
-    if status.get("host") == socket.gethostname() and pid_alive(int(status.get("pid", -1))):
-        return "running"  # a `bnlab train` run, not a sweep's
-    return "interrupted"
-
-
 def statuses(workdir: Path, run_ids: list[str]) -> dict[str, int]:
-    """Counts of each `run_state` among the runs."""
+    """Counts of each `tracking.run_state` among the runs."""
     counts = dict.fromkeys(("done", "running", "diverged", "failed", "pending",
                             "interrupted"), 0)
     for run_id in run_ids:
-        state = run_state(workdir / "runs" / run_id)
+        state = tracking.run_state(workdir / "runs" / run_id)
         counts[state] = counts.get(state, 0) + 1
     return counts
 

@@ -1,4 +1,5 @@
-"""The tracking directory (docs/ARCHITECTURE.md): the one place that writes it.
+"""The tracking directory (docs/ARCHITECTURE.md): the one place that writes it,
+and that says what state a run is in (`run_state`).
 
 A run directory holds config.json, status.json, metrics.jsonl, summary.json,
 env.json and TensorBoard events. JSON files are written to a temp file and
@@ -9,6 +10,7 @@ without one did not finish, whatever its status.json says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -98,6 +100,13 @@ def run_id(flat_config: dict[str, Any], varied: list[str], sgd_batch_size: int,
     return "-".join(p for p in (readable, batches, config_hash(flat_config)) if p)
 
 
+def layer_names(names) -> list[str]:
+    """Layer names (or a model's top-level parameters) in natural order (conv2
+    before conv10): the order of a metrics row's `grad_norm/LAYER` values."""
+    return sorted(names, key=lambda name: [int(t) if t.isdigit() else t
+                                            for t in re.split(r"(\d+)", name)])
+
+
 def environment() -> dict[str, Any]:
     import flax
     import jax
@@ -125,6 +134,59 @@ def _git_commit() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+# A claim whose file has not been touched for this long belongs to a dead worker
+# (on another host, where its pid cannot be checked). Workers touch theirs every 20 s.
+STALE_AFTER_S = 600.0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_is_stale(claim: Path) -> bool:
+    try:
+        owner = read_json(claim)
+        age = time.time() - claim.stat().st_mtime
+    except (OSError, json.JSONDecodeError):
+        return False  # being written or just released: not ours to judge
+    if owner.get("host") == socket.gethostname():
+        return not pid_alive(int(owner.get("pid", -1)))
+    return age > STALE_AFTER_S
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json, or {} when it is not there (yet): never a reason to crash."""
+    try:
+        return read_json(run_dir / "status.json")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_state(run_dir: Path) -> str:
+    """What a run is now: done or diverged (it has a summary), failed, pending,
+    running (a live owner), or interrupted (said running, but its owner is gone)."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
+            return read_json(summary)["status"]
+    status = read_status(run_dir)
+    state = status.get("status", "pending")
+    if state != "running":
+        return state
+    claim = run_dir / "claim.json"
+    if claim.exists():
+        return "interrupted" if claim_is_stale(claim) else "running"
+    if status.get("host") == socket.gethostname() and pid_alive(int(status.get("pid", -1))):
+        return "running"  # a `bnlab train` run, not a sweep's
+    return "interrupted"
 
 
 class RunWriter:

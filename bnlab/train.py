@@ -204,6 +204,13 @@ def pack_key(config: ml_collections.ConfigDict) -> str | None:
     return tracking.config_hash({k: v for k, v in identity.items() if k not in PACK_FIELDS})
 
 
+def _check_packable(configs: list[ml_collections.ConfigDict]) -> None:
+    keys = {pack_key(c) for c in configs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("packed runs must share everything but "
+                         f"{', '.join(PACK_FIELDS)}, on one device without augmentation")
+
+
 def _packed_steps_per_call(config) -> int:
     """Packed runs always fuse steps: `steps_per_call` when set above 1, else up to
     each log point."""
@@ -218,7 +225,19 @@ def _chunk_length(config, step: int, total_steps: int, per_call: int) -> int:
 
 # ---------------------------------------------------------------- the group's program
 
-class _Single:
+class _Program:
+    """What trains a group: one run, a vmapped pack, or members in turn."""
+
+    state: TrainState
+
+    def ready(self) -> None:
+        jax.block_until_ready(self.state.step)
+
+    def end(self, i: int) -> None:
+        """Member i has ended (diverged): it needs no more training or evaluation."""
+
+
+class _Single(_Program):
     """A group of one: the run's own compiled steps, on one device or sharded, one
     step per call from host batches or K per call from the dataset on the device."""
 
@@ -259,9 +278,6 @@ class _Single:
                                                         self.labels, chunk)
         return count
 
-    def ready(self) -> None:
-        jax.block_until_ready(self.state.step)
-
     def take_totals(self) -> list[dict[str, Any]]:
         """The totals since the last log, one dict per member; starts new ones."""
         host = self.layout.fetch(self.totals)
@@ -279,7 +295,7 @@ class _Single:
         return self.layout.fetch(self.state)
 
 
-class _Packed(_Single):
+class _Packed(_Program):
     """Runs that differ only in `PACK_FIELDS`: the same steps vmapped over members,
     each with its own batch order from the dataset held on the device."""
 
@@ -333,7 +349,7 @@ class _Packed(_Single):
         return jax.device_get(member(self.state, i))
 
 
-class _Interleaved:
+class _Interleaved(_Program):
     """Packed members where vmap does not pay (a CPU): each member's own single-run
     program, called in turn, so a member computes bit for bit what it computes alone.
     (On the CPU, vmap was no faster, and XLA vectorizes some reductions across 4
@@ -345,20 +361,25 @@ class _Interleaved:
         first = self.parts[0]
         self.run, self.steps, self.layout = first.run, first.steps, first.layout
         self.names, self.num_params = first.names, first.num_params
+        self.live = list(self.parts)
 
     def train(self, step: int) -> int:
-        counts = {part.train(step) for part in self.parts}  # the same config: the same count
+        counts = {part.train(step) for part in self.live}  # one config: one count
         return counts.pop()
 
     def ready(self) -> None:
-        for part in self.parts:
+        for part in self.live:
             part.ready()
+
+    def end(self, i: int) -> None:
+        self.live.remove(self.parts[i])
 
     def take_totals(self) -> list[dict[str, Any]]:
         return [part.take_totals()[0] for part in self.parts]
 
-    def evaluate(self, dataset: data.Dataset, batch_size: int) -> list[dict[str, float]]:
-        return [part.evaluate(dataset, batch_size)[0] for part in self.parts]
+    def evaluate(self, dataset: data.Dataset, batch_size: int) -> list[dict[str, float] | None]:
+        return [part.evaluate(dataset, batch_size)[0] if part in self.live else None
+                for part in self.parts]
 
     def member_state(self, i: int) -> TrainState:
         return self.parts[i].state
@@ -367,14 +388,11 @@ class _Interleaved:
         return self.parts[i].host_state(0)
 
 
-def vmap_pays() -> bool:
-    """Whether a packed group runs as one vmapped program (accelerators) or as its
-    members' own programs in turn (a CPU, where vmap was slower: `bnlab bench pack`)."""
+def packing_pays() -> bool:
+    """Whether a packed group runs as one vmapped program (accelerators), or as its
+    members' own programs in turn (a CPU: there vmap was slower than one run after
+    another, so sweeps do not pack; `bnlab bench pack` measures it)."""
     return jax.default_backend() != "cpu"
-
-
-# What trains a group: one run, a vmapped pack, or members in turn.
-_Program = _Single | _Packed | _Interleaved
 
 
 # ---------------------------------------------------------------- the loop
@@ -453,36 +471,33 @@ def train_group(runs: list[Prepared], workdirs: list[str],
     (config, metrics, summary); a member that diverges is recorded as diverged at its
     step and the others go on. With `checkpoint_every`, a group whose members all
     have a checkpoint of the same step resumes from it; otherwise it starts anew.
-    `vmap`: a packed group as one vmapped program (default: `vmap_pays()`); its
+    `vmap`: a packed group as one vmapped program (default: `packing_pays()`); its
     members then agree with their runs alone to float32 rounding, not bit for bit.
     Only process 0 writes."""
     if len(runs) > 1:
-        keys = {pack_key(r.config) for r in runs}
-        if None in keys or len(keys) != 1:
-            raise ValueError("packed runs must share everything but "
-                             f"{', '.join(PACK_FIELDS)}, on one device without augmentation")
+        _check_packable([r.config for r in runs])
     active = jax.process_index() == 0
     checkpoints = [tracking.Checkpoints(d, active=active) if r.config.get("checkpoint_every")
                    else None for r, d in zip(runs, workdirs, strict=True)]
     resumable = {resumable_step(Path(d), r.config, c)
                  for r, d, c in zip(runs, workdirs, checkpoints, strict=True)}
     start_step = resumable.pop() if len(resumable) == 1 and None not in resumable else 0
-    members = []
-    for run, workdir, ckpt in zip(runs, workdirs, checkpoints, strict=True):
-        writer = tracking.RunWriter(workdir, active=active)
-        flat = config_lib.flatten(run.config)
-        if start_step:
-            previous = writer.resume(flat, {**flat, **run.facts}, start_step)
-        else:
-            if ckpt:
-                ckpt.clear()  # from another config, or a run that never logged
-            writer.start(flat, {**flat, **run.facts})
-            previous = []
-        members.append(_Member(run, writer, ckpt, previous))
+    members: list[_Member] = []
     try:
+        for run, workdir, ckpt in zip(runs, workdirs, checkpoints, strict=True):
+            writer = tracking.RunWriter(workdir, active=active)
+            flat = config_lib.flatten(run.config)
+            if start_step:
+                previous = writer.resume(flat, {**flat, **run.facts}, start_step)
+            else:
+                if ckpt:
+                    ckpt.clear()  # from another config, or a run that never logged
+                writer.start(flat, {**flat, **run.facts})
+                previous = []
+            members.append(_Member(run, writer, ckpt, previous))
         if len(runs) == 1:
-            program = _Single(runs[0], start_step, checkpoints[0])
-        elif vmap_pays() if vmap is None else vmap:
+            program: _Program = _Single(runs[0], start_step, checkpoints[0])
+        elif packing_pays() if vmap is None else vmap:
             program = _Packed(runs, start_step, checkpoints)
         else:
             program = _Interleaved(runs, start_step, checkpoints)
@@ -541,12 +556,14 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
     its checkpoint; a member whose loss went NaN/Inf ends as diverged."""
     run = program.run
     config = run.config
+    now = chrono.elapsed()  # the row's time: before this step's evaluations
     hosts = program.take_totals()
     live = [i for i, m in enumerate(members) if m.result is None]
     for i in live:
         m = members[i]
         if hosts[i]["diverged_step"] >= 0:
             m.diverged_step = int(hosts[i]["diverged_step"]) + 1  # steps count from 1
+            program.end(i)
     tests = None
     if (is_last or (eval_every and step % eval_every == 0)) and any(
             members[i].diverged_step is None for i in live):
@@ -555,16 +572,15 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
     for i in live:
         m = members[i]
         learning_rate = m.run.config.learning_rate * float(factor(step - 1))
-        row = _train_row(hosts[i], learning_rate, chrono.elapsed() + m.time_offset,
-                         program.names)
+        row = _train_row(hosts[i], learning_rate, now + m.time_offset, program.names)
         if m.diverged_step is not None:
             m.writer.log(step, {**row, "train_loss": float("nan")})
             m.last = row
             _finish(program, m, step, chrono)
             continue
         with chrono.evaluating():
-            state = program.member_state(i)
             if m.diagnose is not None:
+                state = program.member_state(i)
                 values = m.diagnose(state.params, state.batch_stats, *next(m.probe_batches),
                                     jnp.float32(learning_rate))
                 row.update({k: float(v) for k, v in jax.device_get(values).items()})
@@ -572,6 +588,7 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
                 row.update(test_loss=tests[i]["loss"], test_accuracy=tests[i]["accuracy"])
                 m.reached(step, tests[i]["accuracy"], config.target_accuracy)
             if is_last:
+                state = program.member_state(i)
                 row.update(probes.final_bn_evaluations(m.run.config, program.steps,
                                                        program.layout, state, run.train_set,
                                                        run.test_set))
@@ -629,16 +646,15 @@ def train_packed(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                  vmap: bool | None = None) -> list[dict[str, Any]]:
     """Trains runs that differ only in `PACK_FIELDS` as one packed group (see
     `train_group`)."""
-    keys = {pack_key(c) for c in configs}
-    if None in keys or len(keys) != 1:
-        raise ValueError("packed runs must share everything but "
-                         f"{', '.join(PACK_FIELDS)}, on one device without augmentation")
+    _check_packable(configs)
     first = prepare(configs[0])
     for config in configs[1:]:
         config_lib.validate(config)
-    vmap = vmap_pays() if vmap is None else vmap
-    facts = {**first.facts, "packed_members": len(configs), "packed_vmap": vmap}
-    if vmap:
-        facts["steps_per_call"] = _packed_steps_per_call(first.config)
+    vmap = packing_pays() if vmap is None else vmap
+    facts = dict(first.facts)
+    if len(configs) > 1:  # one member trains as a single run
+        facts.update(packed_members=len(configs), packed_vmap=vmap)
+        if vmap:
+            facts["steps_per_call"] = _packed_steps_per_call(first.config)
     return train_group([dataclasses.replace(first, config=c, facts=facts) for c in configs],
                        workdirs, vmap)

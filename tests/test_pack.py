@@ -117,7 +117,7 @@ def test_a_packed_sweep_writes_every_run_once_with_its_own_metrics(tmp_path):
         rows = tracking.read_metrics(run_dir / "metrics.jsonl")
         assert rows[0]["learning_rate"] == pytest.approx(config["learning_rate"])
     # Without pack_on_cpu, pack on a CPU backend runs them one by one.
-    assert not sweep.packing_pays()
+    assert not train.packing_pays()
     base = load_config_file(ROOT / "configs" / "default.py")
     base.update(dataset="synthetic", batch_size=16, num_steps=4, log_every=2)
     launch = sweep.write_plan(tmp_path / "w2", sweep.plan(

@@ -160,16 +160,16 @@ def test_stale_claims_are_taken_over(tmp_path):
     import socket
     tracking.write_json_atomic(run_dir / "claim.json",
                                {"host": socket.gethostname(), "pid": int(dead)})
-    assert sweep.claim_is_stale(run_dir / "claim.json")
+    assert tracking.claim_is_stale(run_dir / "claim.json")
     assert sweep.try_claim(run_dir, "L")
     assert tracking.read_json(run_dir / "claim.json")["pid"] == os.getpid()
     assert not sweep.try_claim(run_dir, "L")  # ours now: nobody takes it twice
     # Another host's claim is stale only once its heartbeat is old.
     tracking.write_json_atomic(run_dir / "claim.json", {"host": "elsewhere", "pid": 1})
-    assert not sweep.claim_is_stale(run_dir / "claim.json")
-    old = time.time() - sweep.STALE_AFTER_S - 5
+    assert not tracking.claim_is_stale(run_dir / "claim.json")
+    old = time.time() - tracking.STALE_AFTER_S - 5
     os.utime(run_dir / "claim.json", (old, old))
-    assert sweep.claim_is_stale(run_dir / "claim.json")
+    assert tracking.claim_is_stale(run_dir / "claim.json")
 
 
 def test_ls_prints_the_status_table(tmp_path):
