@@ -152,31 +152,12 @@ def test_a_vmapped_group_agrees_with_the_runs_alone_to_float32_rounding(small_co
                     assert abs(a[key] - b[key]) <= 1.0 / small_config.test_size + 1e-12
 
 
-KILL_SWEEP = '''
-from bnlab.config import load_config_file
-from bnlab.sweep import axis, product
-
-def get_config():
-    config = load_config_file("{root}/configs/default.py")
-    config.dataset = "synthetic"
-    config.batch_size = 16
-    config.num_steps = 150
-    config.log_every = 10
-    config.eval_every = 30
-    config.checkpoint_every = 40
-    return config
-
-def get_sweep():
-    return product(axis("norm", ["bn", "none"]), axis("learning_rate", [0.01, 0.05, 0.2]))
-'''
-
-
 def test_a_packed_sweep_killed_and_relaunched_equals_it_uninterrupted(tmp_path):
     """SIGKILL in the middle of a pack, past a checkpoint: the relaunch resumes the
     members (from their checkpoints, one by one) and every logged metric of every
     run equals the same sweep run without interruption."""
-    sweep_file = tmp_path / "sweep.py"
-    sweep_file.write_text(KILL_SWEEP.format(root=ROOT))
+    sweep_file = _sweep_file(tmp_path, steps=150, rates=(0.01, 0.05, 0.2), eval_every=30,
+                             checkpoint_every=40)
     flags = ["--pack", "--pack_on_cpu"]
     reference = _bnlab("sweep", str(sweep_file), f"--workdir={tmp_path / 'ref'}", *flags)
     assert reference.returncode == 0, reference.stderr[-2000:]

@@ -25,16 +25,19 @@ def get_config():
     config.batch_size = 16
     config.num_steps = {steps}
     config.log_every = 10
-    return config
+{extra}    return config
 
 def get_sweep():
     return product(axis("norm", ["bn", "none"]), axis("learning_rate", {rates}))
 '''
 
 
-def _sweep_file(tmp_path, steps=30, rates=(0.01, 0.02, 0.05)):
+def _sweep_file(tmp_path, steps=30, rates=(0.01, 0.02, 0.05), **fields):
+    """A sweep file: bn and none × `rates`, `steps` steps of synthetic data; `fields`
+    set further config fields."""
+    extra = "".join(f"    config.{k} = {v!r}\n" for k, v in fields.items())
     path = tmp_path / "sweep.py"
-    path.write_text(SWEEP_FILE.format(root=ROOT, steps=steps, rates=list(rates)))
+    path.write_text(SWEEP_FILE.format(root=ROOT, steps=steps, rates=list(rates), extra=extra))
     return path
 
 
