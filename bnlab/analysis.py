@@ -10,14 +10,13 @@ sweeps (every folder below PATH that holds a run's config.json).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from bnlab import tracking
 
 # The columns a run is usually told apart by, first in load_runs' frame.
 KEY_COLUMNS = ("norm", "model", "batch_size", "norm_batch_size", "learning_rate",
@@ -25,48 +24,26 @@ KEY_COLUMNS = ("norm", "model", "batch_size", "norm_batch_size", "learning_rate"
 FINISHED = ("done", "diverged")
 
 
-def run_dirs(path: str | Path) -> list[Path]:
-    """Every run directory at or below `path` (a folder with config.json and
-    status.json), sorted; checkpoint folders are not searched."""
-    root = Path(path)
-    if (root / "config.json").is_file() and (root / "status.json").is_file():
-        return [root]
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if d not in ("checkpoint", "slurm"))
-        if "config.json" in files and "status.json" in files:
-            found.append(Path(folder))
-            subfolders[:] = []  # a run holds no runs
-    return sorted(found)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def load_runs(path: str | Path) -> pd.DataFrame:
     """One row per run: `run` (its folder name), `sweep` (the folder holding
     `runs/`, relative to `path`), `path`, `status`, every config field as a column,
     and every summary metric (None where the run has not finished). `status` is
-    `tracking.run_state`'s: done, diverged, failed, running, interrupted or pending."""
-    from bnlab import tracking
-
+    `tracking.RunDir.state`: done, diverged, failed, running, interrupted or pending."""
     root = Path(path)
     rows = []
-    for run_dir in run_dirs(root):
-        config = _read(run_dir / "config.json")
-        summary = _read(run_dir / "summary.json")
-        status = summary.get("status") or tracking.run_state(run_dir)
-        parent = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir.parent
+    for run_dir in tracking.find_runs(root):
+        try:
+            config = run_dir.config()
+        except (OSError, ValueError):
+            config = {}
+        summary = run_dir.summary()
+        status = summary.get("status") or run_dir.state()
+        parent = run_dir.sweep_root()
         try:
             sweep_name = str(parent.relative_to(root)) if parent != root else "."
         except ValueError:  # `path` is the run itself
             sweep_name = "."
-        row = {"run": run_dir.name, "sweep": sweep_name, "path": str(run_dir),
+        row = {"run": run_dir.name, "sweep": sweep_name, "path": str(run_dir.path),
                "status": status}
         row.update({k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
         row.update({k: v for k, v in summary.items() if k != "status"})
@@ -83,15 +60,13 @@ def load_curves(path: str | Path, metrics: list[str] | tuple[str, ...] | None = 
     """Long-format metrics over steps: one row per (run, step, metric) with `value`,
     plus the run's `columns` (from its config and summary) to group and plot by.
     `metrics`: the metric names to keep (default: all)."""
-    from bnlab import tracking
-
     runs = load_runs(path)
     keep = [c for c in columns if c in runs]
     wanted = set(metrics) if metrics else None
     records = []  # built as tuples, one frame at the end: 1,000 runs load in a second
     for record in runs[["run", "path", *keep]].itertuples(index=False):
         fixed = (record[0], *record[2:])
-        for row in tracking.read_metrics(Path(record[1]) / "metrics.jsonl"):
+        for row in tracking.RunDir(record[1]).metrics():
             step = row["step"]
             for metric, value in row.items():
                 # NaN is written as null: a diverged step has no value.
@@ -236,15 +211,13 @@ def grad_norm_profile(curves: pd.DataFrame, hue: str = "norm",
     """Per-layer gradient norms (runs trained with `log_grad_norms`) at `step` (the
     last step each run logged, by default): one row per (hue, layer) with the
     layer's `position` (input side first), mean over runs, min and max."""
-    from bnlab.tracking import layer_names
-
     data = curves[curves["metric"].str.startswith("grad_norm/")].copy()
     if data.empty:
         raise ValueError("no grad_norm/ metrics: train with --config.log_grad_norms=True")
     last = data.groupby("run")["step"].transform("max") if step is None else step
     data = data[data["step"] == last]
     data["layer"] = data["metric"].str.slice(len("grad_norm/"))
-    order = {name: i for i, name in enumerate(layer_names(set(data["layer"])))}
+    order = {name: i for i, name in enumerate(tracking.layer_names(set(data["layer"])))}
     table = data.groupby([hue, "layer"])["value"].agg(["mean", "min", "max"]).reset_index()
     table["position"] = table["layer"].map(order)
     return table.sort_values([hue, "position"]).reset_index(drop=True)

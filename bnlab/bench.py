@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bnlab import data, heap, models, norms, train
+from bnlab import data, heap, models, norms, tracking, train
 from bnlab import steps as steps_lib
 from bnlab.config import DEFAULT_CONFIG_FILE, load_config_file
 
@@ -406,8 +406,9 @@ def load_benchmark(runs: int = 1000, steps: int = 100, log_every: int = 10) -> d
     with tempfile.TemporaryDirectory() as folder:
         template = Path(folder) / "template"
         train.train_and_evaluate(config, str(template))
+        copies = tracking.SweepDir(Path(folder) / "sweep")
         for i in range(runs):
-            shutil.copytree(template, Path(folder) / "sweep" / "runs" / f"run-{i:05d}",
+            shutil.copytree(template, copies.run(f"run-{i:05d}").path,
                             ignore=shutil.ignore_patterns("events.out.*"))
         for name, load in (("load_runs", analysis.load_runs),
                            ("load_curves", analysis.load_curves)):

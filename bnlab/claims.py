@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bnlab import tracking
+
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
 NOT_MEASURED = "not measured"
 
@@ -289,12 +291,8 @@ def _gradient_spread(run_path: str) -> float:
     rest) both widen it. The median, not the widest: one log where a layer's
     gradient was near zero gave 22 decades in a run whose other logs spread 1-3,
     and one such log should not decide a run. NaN without `grad_norm/` metrics."""
-    from pathlib import Path
-
-    from bnlab import tracking
-
     spreads = []
-    for row in tracking.read_metrics(Path(run_path) / "metrics.jsonl"):
+    for row in tracking.RunDir(run_path).metrics():
         norms = [v for k, v in row.items() if k.startswith("grad_norm/")
                  and "norm" not in k[len("grad_norm/"):].lower()
                  and isinstance(v, int | float) and math.isfinite(v) and v > 0]
@@ -346,12 +344,8 @@ def _as_ratio(log: Estimate) -> Estimate:
 
 def _test_accuracy_curve(run_path: str) -> list[tuple[int, float]]:
     """(step, test accuracy) of every evaluation a run logged, in order."""
-    from pathlib import Path
-
-    from bnlab import tracking
-
     return [(row["step"], row["test_accuracy"])
-            for row in tracking.read_metrics(Path(run_path) / "metrics.jsonl")
+            for row in tracking.RunDir(run_path).metrics()
             if isinstance(row.get("test_accuracy"), int | float)]
 
 
@@ -488,12 +482,8 @@ def statistics_rule(runs: pd.DataFrame | None = None) -> Verdict:
 def _mean_diagnostics(run_path: str, layers: set[str] | None = None) -> dict[str, float]:
     """A run's diagnostics averaged over its logs: `ics` and `ics_cos` (also over the
     `layers` given, all when None), and each `landscape/` metric by its name."""
-    from pathlib import Path
-
-    from bnlab import tracking
-
     sums: dict[str, list[float]] = {}
-    for row in tracking.read_metrics(Path(run_path) / "metrics.jsonl"):
+    for row in tracking.RunDir(run_path).metrics():
         for prefix in ("ics", "ics_cos"):
             values = [v for k, v in row.items() if k.startswith(prefix + "/")
                       and (layers is None or k.split("/", 1)[1] in layers)
@@ -530,12 +520,9 @@ def mechanism_rule(runs: pd.DataFrame) -> Verdict:
                              "all else equal")
     at = candidates[0]
     at = at[at["norm"].isin(("bn", "none"))]
-    from pathlib import Path
-
-    from bnlab import tracking
 
     def layers(path):
-        rows = tracking.read_metrics(Path(path) / "metrics.jsonl")
+        rows = tracking.RunDir(path).metrics()
         return {k.split("/", 1)[1] for row in rows for k in row if k.startswith("ics/")}
 
     common = set.intersection(*(layers(p) for p in at["path"]))
@@ -885,14 +872,13 @@ def write_report(workdir, out=None, claims: tuple[Claim, ...] = CLAIMS) -> list[
     tracking directory itself), from the runs under `workdir`; trains nothing."""
     from pathlib import Path
 
-    from bnlab import analysis, tracking
+    from bnlab import analysis
 
     out = Path(out or workdir)
     out.mkdir(parents=True, exist_ok=True)
     runs = analysis.load_runs(workdir)
     verdicts = evaluate(runs, claims)
-    about = tracking.read_json(Path(workdir) / "reproduce.json") if (
-        Path(workdir) / "reproduce.json").is_file() else {}
+    about = tracking.SweepDir(workdir).read_reproduce()
     header = f"{len(runs)} runs under `{workdir}`"
     if about:
         header += (f", `bnlab reproduce --scale {about['scale']}`"
@@ -928,9 +914,8 @@ def write_report(workdir, out=None, claims: tuple[Claim, ...] = CLAIMS) -> list[
             sections += [""] + _detail_lines(verdict.details)
         if drawn:
             sections += ["", f"![{claim.id}]({figure})"]
-    tracking._write_text_atomic(out / "report.md", "\n".join(lines + sections) + "\n")
     # NaN (an interval that could not be computed) is written as null.
-    tracking.write_json_atomic(out / "claims.json", [
+    tracking.SweepDir(out).write_report("\n".join(lines + sections) + "\n", [
         {"id": c.id, "text": c.text, "experiments": list(c.experiments),
          "reference": c.reference, **v.jsonable()}
         for c, v in zip(claims, verdicts, strict=True)])

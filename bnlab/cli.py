@@ -176,13 +176,13 @@ def train_command(argv: list[str]) -> int:
 
     _enable_compilation_cache()
     prepared = train.prepare(config)  # every check, before the first write or compile
-    run_dir = Path(flag_values.workdir) / "runs" / train.run_name(config, overrides)
-    if (run_dir / "summary.json").is_file():
-        print(f"{run_dir}: finished before, not run again (remove the folder to rerun)")
-        _print_summary(tracking.read_json(run_dir / "summary.json"))
+    run_dir = tracking.SweepDir(flag_values.workdir).run(train.run_name(config, overrides))
+    if run_dir.finished():
+        print(f"{run_dir.path}: finished before, not run again (remove the folder to rerun)")
+        _print_summary(run_dir.summary())
         return 0
-    print(f"run {run_dir}", flush=True)
-    summary = train.run_prepared(prepared, str(run_dir))
+    print(f"run {run_dir.path}", flush=True)
+    summary = train.run_prepared(prepared, str(run_dir.path))
     _print_summary(summary)
     return 0
 
@@ -243,7 +243,7 @@ def sweep_command(argv: list[str]) -> int:
     if not sweep_file.is_file():
         raise UsageError(f"no sweep file {sweep_file}")
     from bnlab import config as config_lib
-    from bnlab import sweep, train
+    from bnlab import sweep, tracking, train
 
     module = sweep.load_sweep_file(sweep_file)
     override_values = {key: config[key] for key in overrides}
@@ -259,7 +259,7 @@ def sweep_command(argv: list[str]) -> int:
     if not flag_values.workdir:
         raise UsageError("--workdir is required: the tracking directory of the sweep")
     workdir = Path(flag_values.workdir)
-    finished = sum((workdir / "runs" / r.run_id / "summary.json").is_file() for r in runs)
+    finished = sum(tracking.SweepDir(workdir).run(r.run_id).finished() for r in runs)
     launch = sweep.write_plan(workdir, runs, {
         "sweep_file": str(sweep_file.resolve()),
         "base_config": config_lib.flatten(module.get_config()),
@@ -351,16 +351,15 @@ def ls_command(argv: list[str]) -> int:
         os.replace(temporary, out)
         print(f"wrote {len(runs)} runs to {out}")
         return 0
-    run_dirs = sorted(p.parent for p in folder.glob("**/status.json"))
+    run_dirs = tracking.find_runs(folder)
     if not run_dirs:
         raise UsageError(f"no runs under {folder}")
     columns = ("run", "status", "step", "test_acc", "sgd", "nb", "wall_s")
     rows = []
     for run_dir in run_dirs:
-        summary_path = run_dir / "summary.json"
-        summary = tracking.read_json(summary_path) if summary_path.is_file() else {}
+        summary = run_dir.summary()
         accuracy = summary.get("test_accuracy")
-        rows.append((str(run_dir.relative_to(folder)), tracking.run_state(run_dir),
+        rows.append((str(run_dir.path.relative_to(folder)), run_dir.state(),
                      summary.get("step", ""), "" if accuracy is None else f"{accuracy:.4f}",
                      summary.get("sgd_batch_size", ""), summary.get("norm_batch_size", ""),
                      "" if "wall_time_s" not in summary else f"{summary['wall_time_s']:.1f}"))
@@ -431,7 +430,7 @@ def bench_command(argv: list[str]) -> int:
     if flag_values.out and not Path(flag_values.out).parent.is_dir():
         raise UsageError(f"no folder for --out {flag_values.out}")
     def save(records):  # after every record: an interrupted benchmark keeps what it measured
-        tracking._write_text_atomic(Path(flag_values.out), bench.to_json(records))
+        tracking.write_text_atomic(Path(flag_values.out), bench.to_json(records))
 
     bench.run(which, flag_values.models, flag_values.norms, batch_sizes, flag_values.dtype,
               flag_values.steps, flag_values.steps_per_call, flag_values.members,
@@ -448,14 +447,14 @@ def report_command(argv: list[str]) -> int:
     if len(argv) not in (2, 3):
         raise UsageError("usage: python -m bnlab report DIR [OUT_DIR]")
     folder = Path(argv[1])
-    from bnlab import analysis, claims
+    from bnlab import claims, tracking
 
-    if not folder.is_dir() or not analysis.run_dirs(folder):
+    if not folder.is_dir() or not tracking.find_runs(folder):
         raise UsageError(f"no runs under {folder}")
     out = Path(argv[2]) if len(argv) == 3 else folder
     for verdict in claims.write_report(folder, out):
         print(f"{verdict.claim:4} {verdict.verdict:14} {verdict.effect}")
-    print(f"wrote {out / 'report.md'} and {out / 'claims.json'}")
+    print("wrote {} and {}".format(*tracking.SweepDir(out).report_paths()))
     return 0
 
 
@@ -476,7 +475,7 @@ def reproduce_command(argv: list[str]) -> int:
     config, overrides, flag_values = _parse_config_flags(argv, DEFAULT_CONFIG, define)
     if not flag_values.workdir:
         raise UsageError("--workdir is required: where the runs and the report go")
-    from bnlab import claims, reproduce
+    from bnlab import claims, reproduce, tracking
 
     try:
         selected = claims.claims_by_id(flag_values.claims)
@@ -496,9 +495,8 @@ def reproduce_command(argv: list[str]) -> int:
                                    override_values)
     for verdict in verdicts:
         print(f"{verdict.claim:4} {verdict.verdict:14} {verdict.effect}")
-    workdir = Path(flag_values.workdir)
-    print(f"wrote {workdir / 'report.md'} and {workdir / 'claims.json'} "
-          f"({(time.perf_counter() - start) / 60:.1f} min)")
+    report, claims_json = tracking.SweepDir(flag_values.workdir).report_paths()
+    print(f"wrote {report} and {claims_json} ({(time.perf_counter() - start) / 60:.1f} min)")
     return 0
 
 

@@ -56,13 +56,12 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     workdir = Path(workdir)
     planned = plan(scale, claims, overrides)
     start = time.perf_counter()
-    workdir.mkdir(parents=True, exist_ok=True)
-    about_path = workdir / "reproduce.json"
-    about = tracking.read_json(about_path) if about_path.is_file() else {"launches": []}
+    tracking_dir = tracking.SweepDir(workdir)
+    about = tracking_dir.read_reproduce() or {"launches": []}
     about.update(scale=scale, overrides=overrides or {})
     for number, (name, runs) in enumerate(planned.items(), start=1):
         folder = workdir / name
-        finished = sum((folder / "runs" / r.run_id / "summary.json").is_file() for r in runs)
+        finished = sum(tracking.SweepDir(folder).run(r.run_id).finished() for r in runs)
         print(f"[{number}/{len(planned)}] {name}: {len(runs)} runs, {finished} finished before",
               flush=True)
         module_file = EXPERIMENTS_DIR / f"{name}.py"
@@ -78,6 +77,6 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     about["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall,
                               "claims": [c.id for c in claims], "host": socket.gethostname()})
     about["wall_s"] = wall
-    tracking.write_json_atomic(about_path, about)
+    tracking_dir.write_reproduce(about)
     return claims_lib.write_report(workdir, workdir)
 

@@ -22,12 +22,10 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -150,67 +148,25 @@ def select(runs: list[Run], only: str | None = None, limit: int | None = None) -
 
 
 def write_plan(workdir: Path, runs: list[Run], meta: dict[str, Any]) -> str:
-    """Writes sweep.json (appending this launch to its history), a pending
-    directory for each new run, and the launch's run list; returns the launch id."""
-    (workdir / "runs").mkdir(parents=True, exist_ok=True)
-    (workdir / "launches").mkdir(exist_ok=True)
-    sweep_path = workdir / "sweep.json"
-    sweep = tracking.read_json(sweep_path) if sweep_path.is_file() else {"launches": []}
-    launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    sweep.update({k: v for k, v in meta.items() if k != "launch"})
-    sweep["launches"].append({"id": launch_id, **meta.get("launch", {}), "runs": len(runs)})
-    tracking.write_json_atomic(sweep_path, sweep)
-    for run in runs:
-        run_dir = workdir / "runs" / run.run_id
-        if not (run_dir / "config.json").is_file():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tracking.write_json_atomic(run_dir / "config.json", config_lib.flatten(run.config))
-            tracking.write_json_atomic(run_dir / "status.json", {"status": "pending"})
-    tracking.write_json_atomic(workdir / "launches" / f"{launch_id}.json",
-                               {"runs": [r.run_id for r in runs]})
-    return launch_id
+    """Records a launch of `runs` in the sweep directory (`tracking.SweepDir`): a
+    pending directory for each new run; returns the launch id."""
+    return tracking.SweepDir(workdir).record_launch(
+        {run.run_id: config_lib.flatten(run.config) for run in runs}, meta)
 
 
 # ---------------------------------------------------------------- claims
 
-def try_claim(run_dir: Path, launch_id: str) -> bool:
-    """Claims a run for this process: True if it is ours to run now."""
-    if (run_dir / "summary.json").is_file():
-        return False
-    claim = run_dir / "claim.json"
-    if claim.exists():
-        if not tracking.claim_is_stale(claim):
-            return False
-        try:  # one taker wins the rename; the others find no file to move
-            os.rename(claim, run_dir / f".claim.stale.{os.getpid()}")
-        except FileNotFoundError:
-            return False
-        (run_dir / f".claim.stale.{os.getpid()}").unlink(missing_ok=True)
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "launch": launch_id,
-                   "time": time.time()}, f)
-    if (run_dir / "summary.json").is_file():  # finished between our look and our claim
-        claim.unlink(missing_ok=True)
-        return False
-    return True
-
-
 class _Heartbeat:
     """Touches the claim files while their runs train, so others see the owner alive."""
 
-    def __init__(self, *claims: Path):
-        self.claims, self.stop = claims, threading.Event()
+    def __init__(self, *run_dirs: tracking.RunDir):
+        self.run_dirs, self.stop = run_dirs, threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self):
         while not self.stop.wait(HEARTBEAT_S):
-            for claim in self.claims:
-                with contextlib.suppress(OSError):
-                    os.utime(claim)
+            for run_dir in self.run_dirs:
+                run_dir.touch_claim()
 
     def __enter__(self):
         self.thread.start()
@@ -220,22 +176,11 @@ class _Heartbeat:
         self.stop.set()
 
 
-def _log_event(workdir: Path, **event: Any) -> None:
-    """One line per start and end of a run in events.jsonl: who ran what, when.
-    Short O_APPEND writes land whole, so concurrent workers do not interleave."""
-    line = json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-                       **event}) + "\n"
-    fd = os.open(workdir / "events.jsonl", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------- workers
 
-def config_from_dir(run_dir: Path) -> ml_collections.ConfigDict:
-    flat = tracking.read_json(run_dir / "config.json")
+def config_from_dir(run_dir: tracking.RunDir) -> ml_collections.ConfigDict:
+    """A run's config.json as the ConfigDict it was planned from."""
+    flat = run_dir.config()
     return ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v
                                       for k, v in flat.items()})
 
@@ -254,7 +199,7 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
     from bnlab import steps, train
 
     workdir = Path(workdir)
-    run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
+    run_ids = tracking.SweepDir(workdir).launch_runs(launch_id)
     before = dict(steps.TRACE_COUNTS)
     pack = pack and (pack_on_cpu or train.packing_pays())
     bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
@@ -278,13 +223,14 @@ def _groups(workdir: Path, run_ids: list[str], size: int) -> list[list[str]]:
     if size <= 1:
         return [[run_id] for run_id in run_ids]
     groups: dict[Any, list[str]] = {}
+    sweep_dir = tracking.SweepDir(workdir)
     for run_id in run_ids:
-        run_dir = workdir / "runs" / run_id
+        run_dir = sweep_dir.run(run_id)
         try:
             config = config_from_dir(run_dir)
             key = train.pack_key(config)
             if key is not None and config.get("checkpoint_every") and train.resumable_step(
-                    run_dir, config, tracking.Checkpoints(run_dir)):
+                    run_dir, config, run_dir.checkpoints()):
                 key = None
         except (OSError, ValueError):
             key = None
@@ -294,68 +240,64 @@ def _groups(workdir: Path, run_ids: list[str], size: int) -> list[list[str]]:
 
 def _claimable(workdir: Path, run_id: str, launch_id: str) -> bool:
     """Claims the run unless it failed in this launch already (a relaunch retries it)."""
-    run_dir = workdir / "runs" / run_id
-    status = tracking.read_status(run_dir)
+    run_dir = tracking.SweepDir(workdir).run(run_id)
+    status = run_dir.status()
     if status.get("status") == "failed" and status.get("launch") == launch_id:
         return False
-    return try_claim(run_dir, launch_id)
-
-
-def _record_failure(run_dir: Path, launch_id: str, error: BaseException) -> None:
-    """A failed run is recorded with the launch that failed it; the sweep goes on."""
-    status = tracking.read_status(run_dir)
-    status.update(status="failed", launch=launch_id, error=status.get("error") or repr(error))
-    tracking.write_json_atomic(run_dir / "status.json", status)
+    return run_dir.claim(launch_id)
 
 
 def _run_one(workdir: Path, run_id: str, launch_id: str) -> None:
     from bnlab import train
 
-    run_dir = workdir / "runs" / run_id
-    _log_event(workdir, event="start", run=run_id, launch=launch_id)
+    sweep_dir = tracking.SweepDir(workdir)
+    run_dir = sweep_dir.run(run_id)
+    sweep_dir.log_event(event="start", run=run_id, launch=launch_id)
     outcome = "failed"
     try:
-        with _Heartbeat(run_dir / "claim.json"):
-            summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir))
+        with _Heartbeat(run_dir):
+            summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir.path))
         outcome = summary["status"]
     except Exception as error:
-        _record_failure(run_dir, launch_id, error)
+        run_dir.record_failure(launch_id, error)  # the sweep goes on
     finally:
-        _log_event(workdir, event="end", run=run_id, launch=launch_id, outcome=outcome)
-        (run_dir / "claim.json").unlink(missing_ok=True)
+        sweep_dir.log_event(event="end", run=run_id, launch=launch_id, outcome=outcome)
+        run_dir.release()
 
 
 def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
     from bnlab import train
 
-    run_dirs = [workdir / "runs" / run_id for run_id in run_ids]
+    sweep_dir = tracking.SweepDir(workdir)
+    run_dirs = [sweep_dir.run(run_id) for run_id in run_ids]
     for run_id in run_ids:
-        _log_event(workdir, event="start", run=run_id, launch=launch_id, packed=len(run_ids))
+        sweep_dir.log_event(event="start", run=run_id, launch=launch_id, packed=len(run_ids))
     outcomes = ["failed"] * len(run_ids)
     try:
-        with _Heartbeat(*(d / "claim.json" for d in run_dirs)):
+        with _Heartbeat(*run_dirs):
             summaries = train.train_packed([config_from_dir(d) for d in run_dirs],
-                                           [str(d) for d in run_dirs])
+                                           [str(d.path) for d in run_dirs])
         outcomes = [s["status"] for s in summaries]
     except Exception as error:
         for i, run_dir in enumerate(run_dirs):  # a member that ended before keeps its result
-            state = tracking.run_state(run_dir)
+            state = run_dir.state()
             if state in ("done", "diverged"):
                 outcomes[i] = state
             else:
-                _record_failure(run_dir, launch_id, error)
+                run_dir.record_failure(launch_id, error)
     finally:
         for run_id, run_dir, outcome in zip(run_ids, run_dirs, outcomes, strict=True):
-            _log_event(workdir, event="end", run=run_id, launch=launch_id, outcome=outcome)
-            (run_dir / "claim.json").unlink(missing_ok=True)
+            sweep_dir.log_event(event="end", run=run_id, launch=launch_id, outcome=outcome)
+            run_dir.release()
 
 
 def statuses(workdir: Path, run_ids: list[str]) -> dict[str, int]:
-    """Counts of each `tracking.run_state` among the runs."""
+    """Counts of each run state (`tracking.RunDir.state`) among the runs."""
     counts = dict.fromkeys(("done", "running", "diverged", "failed", "pending",
                             "interrupted"), 0)
+    sweep_dir = tracking.SweepDir(workdir)
     for run_id in run_ids:
-        state = tracking.run_state(workdir / "runs" / run_id)
+        state = sweep_dir.run(run_id).state()
         counts[state] = counts.get(state, 0) + 1
     return counts
 
@@ -389,7 +331,7 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
     compile counts. jobs=1 works in this process (compiled steps are shared).
     `pack`: the packing options of `work` (pack, pack_size, pack_on_cpu)."""
 
-    run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
+    run_ids = tracking.SweepDir(workdir).launch_runs(launch_id)
     pack = pack or {}
     if jobs == 1:
         return work(workdir, launch_id, progress, **pack)
@@ -440,7 +382,7 @@ def run_slurm(workdir: Path, launch_id: str, jobs: int, slurm: dict[str, Any],
           f"logs in {workdir / 'slurm'}", flush=True)
     if not wait:
         return {}
-    run_ids = tracking.read_json(workdir / "launches" / f"{launch_id}.json")["runs"]
+    run_ids = tracking.SweepDir(workdir).launch_runs(launch_id)
     _follow(workdir, run_ids, lambda: not all(job.done() for job in array), 2.0, progress)
     totals: dict[str, int] = {}
     for job in array:

@@ -1,5 +1,5 @@
-"""The tracking directory (docs/ARCHITECTURE.md): the one place that writes it,
-and that says what state a run is in (`run_state`).
+"""The tracking directory (docs/ARCHITECTURE.md): the one module that names its
+files, reads and writes them, and says what state a run is in (`RunDir.state`).
 
 A run directory holds config.json, status.json, metrics.jsonl, summary.json,
 env.json and TensorBoard events. JSON files are written to a temp file and
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,11 @@ def jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """JSON to a temp file, fsync, rename: a reader sees the old file or the new one."""
-    _write_text_atomic(Path(path), json.dumps(jsonable(obj), indent=1, sort_keys=True,
+    write_text_atomic(Path(path), json.dumps(jsonable(obj), indent=1, sort_keys=True,
                                               allow_nan=False))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from others on a shared disk
@@ -136,6 +137,15 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+# ---------------------------------------------------------------- the layout
+
+# The files of a tracking directory: named here, and nowhere else in bnlab.
+CONFIG, STATUS, METRICS, SUMMARY, ENV, CLAIM = (
+    "config.json", "status.json", "metrics.jsonl", "summary.json", "env.json", "claim.json")
+CHECKPOINT = "checkpoint"
+RUNS, SWEEP, LAUNCHES, EVENTS = "runs", "sweep.json", "launches", "events.jsonl"
+REPRODUCE, REPORT, CLAIMS = "reproduce.json", "report.md", "claims.json"
+
 # A claim whose file has not been touched for this long belongs to a dead worker
 # (on another host, where its pid cannot be checked). Workers touch theirs every 20 s.
 STALE_AFTER_S = 600.0
@@ -151,42 +161,210 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def claim_is_stale(claim: Path) -> bool:
-    try:
-        owner = read_json(claim)
-        age = time.time() - claim.stat().st_mtime
-    except (OSError, json.JSONDecodeError):
-        return False  # being written or just released: not ours to judge
-    if owner.get("host") == socket.gethostname():
-        return not pid_alive(int(owner.get("pid", -1)))
-    return age > STALE_AFTER_S
+class RunDir:
+    """One run's directory: its config, status, metrics, summary, env, claim and
+    checkpoint, read and written through these methods (and `RunWriter`)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def _claim_file(self) -> Path:
+        return self.path / CLAIM
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run (a config and a status)."""
+        return (self.path / CONFIG).is_file() and (self.path / STATUS).is_file()
+
+    def finished(self) -> bool:
+        """A run without summary.json did not finish, whatever its status says."""
+        return (self.path / SUMMARY).is_file()
+
+    def sweep_root(self) -> Path:
+        """The folder that holds this run: the sweep directory above `runs/`."""
+        parent = self.path.parent
+        return parent.parent if parent.name == RUNS else parent
+
+    def config(self) -> dict[str, Any]:
+        """config.json (raises OSError or ValueError when it is missing or damaged)."""
+        return read_json(self.path / CONFIG)
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json, or {} when the run has none (or it cannot be read)."""
+        try:
+            return read_json(self.path / SUMMARY)
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def status(self) -> dict[str, Any]:
+        """status.json, or {} when it is not there (yet): never a reason to crash."""
+        try:
+            return read_json(self.path / STATUS)
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path / METRICS)
+
+    def state(self) -> str:
+        """What the run is now: done or diverged (it has a summary), failed, pending,
+        running (a live owner), or interrupted (said running, but its owner is gone)."""
+        if self.finished():
+            with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
+                return read_json(self.path / SUMMARY)["status"]
+        status = self.status()
+        state = status.get("status", "pending")
+        if state != "running":
+            return state
+        if self._claim_file.exists():
+            return "interrupted" if self.claim_is_stale() else "running"
+        if status.get("host") == socket.gethostname() and pid_alive(int(status.get("pid", -1))):
+            return "running"  # a `bnlab train` run, not a sweep's
+        return "interrupted"
+
+    def write_pending(self, config: dict[str, Any]) -> None:
+        """A planned run: its config and status 'pending', unless it exists already."""
+        if not (self.path / CONFIG).is_file():
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path / CONFIG, config)
+            write_json_atomic(self.path / STATUS, {"status": "pending"})
+
+    def record_failure(self, launch_id: str, error: BaseException) -> None:
+        """Status 'failed', with the launch that failed it (a relaunch retries it)."""
+        status = self.status()
+        status.update(status="failed", launch=launch_id,
+                      error=status.get("error") or repr(error))
+        write_json_atomic(self.path / STATUS, status)
+
+    def claim_is_stale(self) -> bool:
+        try:
+            owner = read_json(self._claim_file)
+            age = time.time() - self._claim_file.stat().st_mtime
+        except (OSError, json.JSONDecodeError):
+            return False  # being written or just released: not ours to judge
+        if owner.get("host") == socket.gethostname():
+            return not pid_alive(int(owner.get("pid", -1)))
+        return age > STALE_AFTER_S
+
+    def claim(self, launch_id: str) -> bool:
+        """Claims the run for this process by creating claim.json exclusively; True
+        if it is ours to run now. A stale claim is taken over."""
+        if self.finished():
+            return False
+        claim = self._claim_file
+        if claim.exists():
+            if not self.claim_is_stale():
+                return False
+            stale = self.path / f".claim.stale.{os.getpid()}"
+            try:  # one taker wins the rename; the others find no file to move
+                os.rename(claim, stale)
+            except FileNotFoundError:
+                return False
+            stale.unlink(missing_ok=True)
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "launch": launch_id,
+                       "time": time.time()}, f)
+        if self.finished():  # finished between our look and our claim
+            claim.unlink(missing_ok=True)
+            return False
+        return True
+
+    def release(self) -> None:
+        self._claim_file.unlink(missing_ok=True)
+
+    def touch_claim(self) -> None:
+        """The owner's heartbeat: a claim untouched for `STALE_AFTER_S` is stale."""
+        with contextlib.suppress(OSError):
+            os.utime(self._claim_file)
+
+    def writer(self, active: bool = True) -> RunWriter:
+        return RunWriter(self.path, active=active)
+
+    def checkpoints(self, active: bool = True) -> Checkpoints:
+        return Checkpoints(self.path, active=active)
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """status.json, or {} when it is not there (yet): never a reason to crash."""
-    try:
-        return read_json(run_dir / "status.json")
-    except (OSError, json.JSONDecodeError):
-        return {}
+class SweepDir:
+    """A sweep's directory (`train --workdir` makes one too): sweep.json, the
+    launches, the event log, and `runs/RUN_ID/`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.path / RUNS / run_id)
+
+    def record_launch(self, runs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+        """Writes sweep.json (appending this launch to its history), a pending run
+        directory for each new run (`runs`: run id → flat config) and the launch's
+        run list; returns the launch id."""
+        (self.path / RUNS).mkdir(parents=True, exist_ok=True)
+        (self.path / LAUNCHES).mkdir(exist_ok=True)
+        sweep_path = self.path / SWEEP
+        sweep = read_json(sweep_path) if sweep_path.is_file() else {"launches": []}
+        launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        sweep.update({k: v for k, v in meta.items() if k != "launch"})
+        sweep["launches"].append({"id": launch_id, **meta.get("launch", {}), "runs": len(runs)})
+        write_json_atomic(sweep_path, sweep)
+        for run_id, config in runs.items():
+            self.run(run_id).write_pending(config)
+        write_json_atomic(self.path / LAUNCHES / f"{launch_id}.json", {"runs": list(runs)})
+        return launch_id
+
+    def launch_runs(self, launch_id: str) -> list[str]:
+        return read_json(self.path / LAUNCHES / f"{launch_id}.json")["runs"]
+
+    def log_event(self, **event: Any) -> None:
+        """One line per start and end of a run in events.jsonl: who ran what, when.
+        Short O_APPEND writes land whole, so concurrent workers do not interleave."""
+        line = json.dumps({"time": time.time(), "host": socket.gethostname(),
+                           "pid": os.getpid(), **event}) + "\n"
+        fd = os.open(self.path / EVENTS, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def read_reproduce(self) -> dict[str, Any]:
+        """reproduce.json (what `bnlab reproduce` ran here), or {} before any."""
+        path = self.path / REPRODUCE
+        return read_json(path) if path.is_file() else {}
+
+    def write_reproduce(self, about: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / REPRODUCE, about)
+
+    def report_paths(self) -> tuple[Path, Path]:
+        """Where the claims report goes: report.md and claims.json."""
+        return self.path / REPORT, self.path / CLAIMS
+
+    def write_report(self, markdown: str, claims: list[dict[str, Any]]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / REPORT, markdown)
+        write_json_atomic(self.path / CLAIMS, claims)
 
 
-def run_state(run_dir: Path) -> str:
-    """What a run is now: done or diverged (it has a summary), failed, pending,
-    running (a live owner), or interrupted (said running, but its owner is gone)."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
-            return read_json(summary)["status"]
-    status = read_status(run_dir)
-    state = status.get("status", "pending")
-    if state != "running":
-        return state
-    claim = run_dir / "claim.json"
-    if claim.exists():
-        return "interrupted" if claim_is_stale(claim) else "running"
-    if status.get("host") == socket.gethostname() and pid_alive(int(status.get("pid", -1))):
-        return "running"  # a `bnlab train` run, not a sweep's
-    return "interrupted"
+def find_runs(root: str | Path) -> list[RunDir]:
+    """Every run directory at or below `root`, sorted; checkpoint and Slurm log
+    folders are not searched."""
+    root = Path(root)
+    if RunDir(root).is_run():
+        return [RunDir(root)]
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in (CHECKPOINT, "slurm"))
+        if CONFIG in files and STATUS in files:
+            found.append(RunDir(folder))
+            subfolders[:] = []  # a run holds no runs
+    return sorted(found, key=lambda run: run.path)
 
 
 class RunWriter:
@@ -207,7 +385,7 @@ class RunWriter:
         if not self.active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (self.run_dir / METRICS).unlink(missing_ok=True)
         self._open(config, hparams)
 
     def resume(self, config: dict[str, Any], hparams: dict[str, Any],
@@ -216,9 +394,9 @@ class RunWriter:
         to it (returned), drops the rest, and rebuilds the TensorBoard file from them."""
         if not self.active:
             return []
-        kept = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r["step"] <= step]
+        kept = [r for r in read_metrics(self.run_dir / METRICS) if r["step"] <= step]
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-        _write_text_atomic(self.run_dir / "metrics.jsonl", text)
+        write_text_atomic(self.run_dir / METRICS, text)
         self._open(config, hparams, resumed_from_step=step)
         for row in kept:
             self._events.scalars(row["step"], _scalars(row))
@@ -227,20 +405,20 @@ class RunWriter:
     def _open(self, config: dict[str, Any], hparams: dict[str, Any], **status: Any) -> None:
         """Writes config, env and status 'running'; opens metrics.jsonl for appending and
         a fresh TensorBoard file (older ones removed) with the HParams."""
-        (self.run_dir / "summary.json").unlink(missing_ok=True)
+        (self.run_dir / SUMMARY).unlink(missing_ok=True)
         for old in self.run_dir.glob("events.out.tfevents.*"):
             old.unlink()
         # Temp files of atomic writes that a killed attempt left half-done: this run is
         # ours now (claimed, or a plain `train`), so nobody else is writing them.
         for old in self.run_dir.glob(".*.tmp"):
             old.unlink(missing_ok=True)
-        write_json_atomic(self.run_dir / "config.json", config)
-        write_json_atomic(self.run_dir / "env.json", environment())
+        write_json_atomic(self.run_dir / CONFIG, config)
+        write_json_atomic(self.run_dir / ENV, environment())
         self._status = {"status": "running", "started": _now(), "host": socket.gethostname(),
                         "pid": os.getpid(), **status}
-        write_json_atomic(self.run_dir / "status.json", self._status)
+        write_json_atomic(self.run_dir / STATUS, self._status)
         # Open for the run's life, a line per log; closed by finish() or fail().
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self._metrics = open(self.run_dir / METRICS, "a")  # noqa: SIM115
         self._events = _EventWriter(self.run_dir)
         self._events.hparams(hparams, trial_id=self.run_dir.name)
 
@@ -259,8 +437,8 @@ class RunWriter:
         assert status in ("done", "diverged"), status
         self._close()
         self._status.update(status=status, finished=_now(), **details)
-        write_json_atomic(self.run_dir / "status.json", self._status)
-        write_json_atomic(self.run_dir / "summary.json", {"status": status, **summary})
+        write_json_atomic(self.run_dir / STATUS, self._status)
+        write_json_atomic(self.run_dir / SUMMARY, {"status": status, **summary})
 
     def fail(self, error: BaseException) -> None:
         if not self.active:
@@ -268,7 +446,7 @@ class RunWriter:
         self._close()
         message = f"{type(error).__name__}: {error}".strip()
         self._status.update(status="failed", finished=_now(), error=message[:2000])
-        write_json_atomic(self.run_dir / "status.json", self._status)
+        write_json_atomic(self.run_dir / STATUS, self._status)
 
     def _close(self) -> None:
         for handle in (self._metrics, self._events):
@@ -329,7 +507,7 @@ class Checkpoints:
     so a killed save leaves no checkpoint a restore would take."""
 
     def __init__(self, run_dir: str | Path, active: bool = True):
-        self.directory = Path(run_dir).resolve() / "checkpoint"
+        self.directory = Path(run_dir).resolve() / CHECKPOINT
         self.active = active
         self._manager = None
 

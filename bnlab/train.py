@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -129,12 +128,12 @@ def run_name(config: ml_collections.ConfigDict, varied: list[str]) -> str:
                            sizes["sgd_batch_size"], sizes["norm_batch_size"])
 
 
-def resumable_step(run_dir: Path, config, checkpoints) -> int | None:
+def resumable_step(run_dir: tracking.RunDir, config, checkpoints) -> int | None:
     """The checkpoint step to resume from: an unfinished run of the same config."""
-    if checkpoints is None or (run_dir / "summary.json").is_file():
+    if checkpoints is None or run_dir.finished():
         return None
     try:
-        written = tracking.read_json(run_dir / "config.json")
+        written = run_dir.config()
     except (OSError, ValueError):
         return None
     ours = tracking.jsonable(config_lib.identity(config))
@@ -477,15 +476,16 @@ def train_group(runs: list[Prepared], workdirs: list[str],
     if len(runs) > 1:
         _check_packable([r.config for r in runs])
     active = jax.process_index() == 0
-    checkpoints = [tracking.Checkpoints(d, active=active) if r.config.get("checkpoint_every")
-                   else None for r, d in zip(runs, workdirs, strict=True)]
-    resumable = {resumable_step(Path(d), r.config, c)
-                 for r, d, c in zip(runs, workdirs, checkpoints, strict=True)}
+    run_dirs = [tracking.RunDir(d) for d in workdirs]
+    checkpoints = [d.checkpoints(active) if r.config.get("checkpoint_every") else None
+                   for r, d in zip(runs, run_dirs, strict=True)]
+    resumable = {resumable_step(d, r.config, c)
+                 for r, d, c in zip(runs, run_dirs, checkpoints, strict=True)}
     start_step = resumable.pop() if len(resumable) == 1 and None not in resumable else 0
     members: list[_Member] = []
     try:
-        for run, workdir, ckpt in zip(runs, workdirs, checkpoints, strict=True):
-            writer = tracking.RunWriter(workdir, active=active)
+        for run, run_dir, ckpt in zip(runs, run_dirs, checkpoints, strict=True):
+            writer = run_dir.writer(active)
             flat = config_lib.flatten(run.config)
             if start_step:
                 previous = writer.resume(flat, {**flat, **run.facts}, start_step)

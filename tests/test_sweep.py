@@ -158,21 +158,22 @@ def test_two_concurrent_sweeps_never_run_the_same_run(tmp_path):
 def test_stale_claims_are_taken_over(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
+    run = tracking.RunDir(run_dir)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     import socket
     tracking.write_json_atomic(run_dir / "claim.json",
                                {"host": socket.gethostname(), "pid": int(dead)})
-    assert tracking.claim_is_stale(run_dir / "claim.json")
-    assert sweep.try_claim(run_dir, "L")
+    assert run.claim_is_stale()
+    assert run.claim("L")
     assert tracking.read_json(run_dir / "claim.json")["pid"] == os.getpid()
-    assert not sweep.try_claim(run_dir, "L")  # ours now: nobody takes it twice
+    assert not run.claim("L")  # ours now: nobody takes it twice
     # Another host's claim is stale only once its heartbeat is old.
     tracking.write_json_atomic(run_dir / "claim.json", {"host": "elsewhere", "pid": 1})
-    assert not tracking.claim_is_stale(run_dir / "claim.json")
+    assert not run.claim_is_stale()
     old = time.time() - tracking.STALE_AFTER_S - 5
     os.utime(run_dir / "claim.json", (old, old))
-    assert tracking.claim_is_stale(run_dir / "claim.json")
+    assert run.claim_is_stale()
 
 
 def test_ls_prints_the_status_table(tmp_path):

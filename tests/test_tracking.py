@@ -1,5 +1,6 @@
 """The tracking directory: atomic files, TensorBoard readability, crash behaviour."""
 
+import ast
 import json
 import os
 import signal
@@ -111,3 +112,31 @@ def test_a_new_attempt_removes_temp_files_a_killed_one_left(tmp_path):
     writer.finish("done", {"step": 0})
     assert not list(tmp_path.glob(".*.tmp"))
     assert tracking.read_json(tmp_path / "config.json") == {"seed": 0}
+
+
+def test_only_tracking_names_or_writes_the_files_of_a_tracking_directory():
+    """Every module reads and writes the tracking directory through bnlab.tracking:
+    no other module holds one of its file names as a string (docstrings and prose
+    aside) or opens files with os.open (claims and the event log are tracking's)."""
+    names = {tracking.CONFIG, tracking.STATUS, tracking.METRICS, tracking.SUMMARY,
+             tracking.ENV, tracking.CLAIM, tracking.SWEEP, tracking.EVENTS,
+             tracking.REPRODUCE, tracking.REPORT, tracking.CLAIMS}
+    assert len(names) == 11
+    offenders = []
+    for path in sorted((ROOT / "bnlab").glob("*.py")):
+        if path.name == "tracking.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings and " " not in node.value
+                    and any(node.value == n or node.value.endswith("/" + n) for n in names)):
+                offenders.append(f"{path.name}:{node.lineno} {node.value!r}")
+            if (isinstance(node, ast.Attribute) and node.attr == "open"
+                    and getattr(node.value, "id", None) == "os"):
+                offenders.append(f"{path.name}:{node.lineno} {node.attr}")
+    assert not offenders, offenders
