@@ -34,9 +34,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from bnlab import data, heap, models, norms, tracking, train
+from bnlab import data, models, norms, tracking, train
 from bnlab import steps as steps_lib
 from bnlab.config import DEFAULT_CONFIG_FILE, load_config_file
+from bnlab.fast import heap
+from bnlab.fast.norms import fused_normalize
 
 IMAGE_SHAPE = (32, 32, 3)  # the article's CIFAR-sized input
 
@@ -242,17 +244,13 @@ def step_benchmark(model: str, norm: str, batch_size: int, dtype: str = "float32
     record: dict[str, Any] = {"bench": "step", "model": model, "norm": norm,
                               "batch_size": batch_size, "dtype": dtype,
                               "cpu_fusion": cpu_fusion,
-                              # every loop's, PyTorch's too: one process (bnlab/heap.py)
+                              # every loop's, PyTorch's too: one process (fast/heap.py)
                               "malloc": "kept" if heap.kept else "system",
                               "device": jax.devices()[0].device_kind, "steps": steps}
-    # The network as a user first writes it: the textbook two-pass norm left to
-    # JAX's autodiff, Flax's max pool and nn.Conv throughout, where bnlab has
-    # faster equal layers.
-    plain_options = dict(run.model.norm_options or ())
-    if norm != "none":
-        plain_options["fused"] = False
-    plain_model = models.make(model, norm=norm, num_classes=10, norm_options=plain_options,
-                              conv="xla", **({"pool": "flax"} if model == "simple_cnn" else {}))
+    # The network as a user first writes it, the math without bnlab.fast: the
+    # textbook two-pass norm left to JAX's autodiff, Flax's max pool and nn.Conv.
+    plain_model = models.make(model, norm=norm, num_classes=10,
+                              norm_options=dict(run.model.norm_options or ()))
     calls = {"plain_flax": (plain_flax_call(plain_model, run.train_set, batch_size), 1)}
     calls.update(bnlab_calls(config, steps_per_call))
     failed, torch_compile_s = {}, {}
@@ -305,8 +303,8 @@ def norm_benchmark(shape: tuple[int, ...] | None = None, dtype: str = "float32",
 
     layers: dict[str, nn.Module] = {"affine": Affine()}
     for name, options in (("bn", {}), ("ln", {}), ("in", {}), ("gn", {"num_groups": 8})):
-        layers[name] = norms.make(name, **options)
-        layers[name + "_reference"] = norms.make(name, fused=False, **options)
+        layers[name] = norms.make(name, normalize=fused_normalize, **options)
+        layers[name + "_reference"] = norms.make(name, **options)
     record: dict[str, Any] = {"bench": "norms", "shape": list(shape), "dtype": dtype,
                               "device": jax.devices()[0].device_kind, "layers": {}}
     calls, passes = {}, {}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bnlab.config import CPU_FUSIONS, DEFAULT_CONFIG_FILE, ConfigError, flatten
+from bnlab.fast import heap
 
 DEFAULT_CONFIG = DEFAULT_CONFIG_FILE
 USAGE = """usage: python -m bnlab <command> [flags]
@@ -517,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}; commands: {', '.join(public)}",
               file=sys.stderr)
         return 2
+    # Every command may run steps: glibc's malloc must keep freed memory before
+    # JAX's threads first allocate (bnlab/fast/heap.py); importing bnlab leaves it.
+    heap.keep_freed_memory()
     try:
         return COMMANDS[command]([f"bnlab {command}"] + argv[2:])
     except HelpRequested as text:

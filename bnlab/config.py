@@ -15,7 +15,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 PLACEMENTS = ("before_activation", "after_activation")
 DTYPES = ("float32", "bfloat16")
-CPU_FUSIONS = ("auto", "xla", "ynnpack")  # see bnlab/xla_cpu.py
+CPU_FUSIONS = ("auto", "xla", "ynnpack")  # see bnlab/fast/xla_cpu.py
 
 
 class ConfigError(ValueError):

@@ -7,7 +7,9 @@ conv → norm → ReLU) or after it (conv → ReLU → norm).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -36,158 +38,30 @@ def _torch_default_bias(fan_in: int):
     return init
 
 
-# A first layer's few input channels (an image's 1 or 3) leave XLA's CPU
-# convolution far from the machine's speed: SimpleCNN's conv1 at batch 128 took
-# 4.4-4.6 ms forward on 32×32×3 and 2.8-3.2 ms on 28×28×1 on the 2-core CI machine,
-# against 2.4-2.7 and 0.95 ms as one matmul over the 3×3 patches. With 16 input
-# channels the patches are 9× the input and the matmul lost (SimpleCNN's conv2 as
-# well: 0.81× for the step), so only layers with at most this many input channels
-# take them.
-MAX_PATCH_CHANNELS = 4
-
-
-class Conv(nn.Module):
-    """`nn.Conv` with padding 1 (same parameters, same result up to float rounding),
-    computed another way (`method`):
-
-    - "shifts": one matmul per kernel tap over a shifted view of the padded input.
-      Packed runs use it: under vmap over members these are batched matmuls, where
-      vmap turns `lax.conv` into a grouped convolution that GPUs run slowly (on an
-      H100, SimpleCNN's convs at 16 members × batch 8: 0.45 against 0.14 ms, and at
-      128 × 2: 1.4 against 0.25 ms, forward+backward; scripts/gpu/packed_conv.py).
-    - "patches": one matmul over all taps' patches (im2col) forward, XLA's
-      convolution gradients backward (`conv_patches`); for a CPU's first layer.
-
-    The class is named Conv so its parameters are named as nn.Conv's."""
-
-    features: int
-    kernel_size: tuple[int, int] = (3, 3)
-    strides: int = 1
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros
-    method: str = "shifts"
-
-    @nn.compact
-    def __call__(self, x):
-        kh, kw = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        s = self.strides
-        if self.method not in ("shifts", "patches"):
-            raise ValueError(f"Conv(method={self.method!r}): allowed: shifts, patches")
-        if self.method == "patches":
-            if s != 1:
-                raise ValueError("Conv(method='patches') takes strides=1 only")
-            out = conv_patches(x, kernel)
-        else:
-            padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-            height = (x.shape[1] + 2 * (kh // 2) - kh) // s + 1
-            width = (x.shape[2] + 2 * (kw // 2) - kw) // s + 1
-            out = sum(padded[:, dy:dy + s * (height - 1) + 1:s, dx:dx + s * (width - 1) + 1:s]
-                      @ kernel[dy, dx] for dy in range(kh) for dx in range(kw))
-        if self.use_bias:
-            out = out + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
-        return out
-
-
-def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """XLA's convolution, stride 1, zero padding that keeps the size (as nn.Conv's)."""
-    kh, kw = kernel.shape[:2]
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@jax.custom_vjp
-def conv_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`_conv_same(x, kernel)` as one matmul over the padded input's patches
-    (N×H×W×(kh·kw·C), ordered as the kernel's rows: row tap, column tap, channel).
-    Its gradients are XLA's convolution gradients, not the matmul's: the weight
-    gradient as a matmul over the patches took 5.4 against 1.5 ms for conv1 at
-    batch 128 (32×32×3), and the patches need not be kept for the backward."""
-    h, w, c = x.shape[1:]
-    kh, kw = kernel.shape[:2]
-    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    # The column taps, then the row taps of those: the same patches as one concat
-    # of all kh·kw shifted views, but 2.4-2.7 against 2.9-4.9 ms forward for
-    # conv1 at batch 128 (32×32×3), and 0.19-0.22 against 0.27-0.29 s to compile.
-    rows = jnp.concatenate([padded[:, :, dx:dx + w] for dx in range(kw)], axis=-1)
-    patches = jnp.concatenate([rows[:, dy:dy + h] for dy in range(kh)], axis=-1)
-    return patches @ kernel.reshape(kh * kw * c, -1)
-
-
-def _conv_patches_forward(x, kernel):
-    return conv_patches(x, kernel), (x, kernel)
-
-
-def _conv_patches_backward(residuals, g):
-    return jax.vjp(_conv_same, *residuals)[1](g)
-
-
-conv_patches.defvjp(_conv_patches_forward, _conv_patches_backward)
-
-CONVS = ("auto", "xla", "shifts")
-
-
-def _conv(kind: str, features: int, in_features: int, **options) -> nn.Module:
-    """A 3×3 convolution with padding 1: XLA's (`nn.Conv`), or `Conv`'s shifted
-    matmuls ("shifts"); "auto" is XLA's but on a CPU backend for a
-    stride-1 layer of at most `MAX_PATCH_CHANNELS` input channels, which takes
-    `Conv`'s patches."""
-    if kind not in CONVS:
-        raise ConfigError("conv", kind, f"allowed: {', '.join(CONVS)}")
-    strides = options.pop("strides", 1)
-    if kind == "shifts":
-        return Conv(features, strides=strides, **options)
-    if (kind == "auto" and strides == 1 and in_features <= MAX_PATCH_CHANNELS
-            and jax.default_backend() == "cpu"):
-        return Conv(features, strides=strides, method="patches", **options)
+def conv3x3(features: int, in_features: int, strides: int = 1, **options: Any) -> nn.Module:
+    """A 3×3 convolution with padding 1: Flax's. (`in_features` is for the faster
+    versions in `bnlab.fast`, which depend on it.)"""
     return nn.Conv(features, (3, 3), strides=strides, padding=1, **options)
 
 
-def _pool_windows(x: jax.Array) -> jax.Array:
-    """N×H×W×C as N×H/2×2×W/2×2×C; an odd last row or column is dropped, as a
-    VALID 2×2 pool with stride 2 drops it."""
-    n, h, w, c = x.shape
-    return x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2, c)
+def max_pool(x: jax.Array) -> jax.Array:
+    """A 2×2 max pool with stride 2: Flax's."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """`nn.max_pool(x, (2, 2), strides=(2, 2))` with the same values and the same
-    gradient, bit for bit, ties included: the first maximum of a window in row-major
-    order takes the window's gradient (as in Flax and PyTorch). Flax's gradient is
-    XLA's select-and-scatter: forward+backward of SimpleCNN's first pool at batch
-    128 took 26 ms on the 2-core CPU, against 4.7 ms for this elementwise one."""
-    return _max_pool_forward(x)[0]  # XLA drops the unused index
+@dataclasses.dataclass(frozen=True)
+class Ops:
+    """The operations a network is built from, as the math says them: Flax's 3×3
+    convolution and max pool, and each norm's own formula. `bnlab.fast.ops`
+    gives faster computations of the same numbers for a backend; a run chooses
+    once (`train.prepare`)."""
 
+    conv: Callable[..., nn.Module] = conv3x3  # (features, in_features, strides, **options)
+    pool: Callable[[jax.Array], jax.Array] = max_pool
+    normalize: norms.Normalize | None = None  # each norm layer's `normalize`
 
-def _max_pool_forward(x):
-    windows = _pool_windows(x)
-    y = jnp.max(windows, (2, 4))
-    # Index (row-major, 0..3) of each window's first maximum, kept for the backward
-    # as PyTorch keeps its indices: one int8 per output, so the backward needs
-    # neither x nor Flax's select-and-scatter. (XLA's CPU backend may still fuse
-    # the index's computation into the backward and re-derive it from the layers
-    # before; `norms._per_cell` says what that cost GN and how it is avoided.)
-    first = jnp.full(y.shape, 3, jnp.int8)
-    for index in (2, 1, 0):
-        i, j = divmod(index, 2)
-        first = jnp.where(windows[:, :, i, :, j] == y, jnp.int8(index), first)
-    return y, (first, x.shape)
-
-
-def _max_pool_backward(residuals, g):
-    first, (n, h, w, c) = residuals
-    position = (2 * jax.lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 2)
-                + jax.lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 4))
-    dx = jnp.where(position == first[:, :, None, :, None, :], g[:, :, None, :, None, :], 0)
-    dx = dx.astype(g.dtype).reshape(n, h - h % 2, w - w % 2, c)
-    return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
-
-
-max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
+    def norm(self, name: str, options: tuple) -> nn.Module:
+        return norms.make(name, normalize=self.normalize, **dict(options))
 
 
 class _NormAct(nn.Module):
@@ -196,11 +70,12 @@ class _NormAct(nn.Module):
     norm: str
     norm_options: tuple
     placement: str
+    ops: Ops
     activation: Any = nn.relu
 
     @nn.compact
     def __call__(self, x, train: bool):
-        layer = norms.make(self.norm, **dict(self.norm_options))
+        layer = self.ops.norm(self.norm, self.norm_options)
         if self.placement == "before_activation":
             return self.activation(layer(x, train=train))
         return layer(self.activation(x), train=train)
@@ -217,24 +92,19 @@ class SimpleCNN(nn.Module):
     norm_options: tuple = ()
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
-    conv: str = "auto"  # or "xla", "shifts": see `_conv`
-    pool: str = "fast"  # `max_pool_2x2`, or "flax": `nn.max_pool` (same numbers, slower)
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         x = x.astype(self.dtype)
-        pools = {"fast": max_pool_2x2, "flax": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))}
-        if self.pool not in pools:
-            raise ConfigError("pool", self.pool, f"allowed: {', '.join(pools)}")
-        pool = pools[self.pool]
         for i, features in enumerate((16, 32), start=1):
             fan_in = 9 * x.shape[-1]
-            x = _conv(self.conv, features, x.shape[-1], dtype=self.dtype, name=f"conv{i}",
-                        kernel_init=_torch_default_kernel,
-                        bias_init=_torch_default_bias(fan_in))(x)
-            x = _NormAct(self.norm, self.norm_options, self.norm_placement,
+            x = self.ops.conv(features, x.shape[-1], dtype=self.dtype, name=f"conv{i}",
+                              kernel_init=_torch_default_kernel,
+                              bias_init=_torch_default_bias(fan_in))(x)
+            x = _NormAct(self.norm, self.norm_options, self.norm_placement, self.ops,
                          name=f"norm{i}")(x, train)
-            x = pool(x)
+            x = self.ops.pool(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(128, dtype=self.dtype, kernel_init=_torch_default_kernel,
                              bias_init=_torch_default_bias(x.shape[-1]), name="fc1")(x))
@@ -249,18 +119,17 @@ class _BasicBlock(nn.Module):
     norm: str
     norm_options: tuple
     dtype: Any
-    conv: str = "auto"
+    ops: Ops
 
     @nn.compact
     def __call__(self, x, train: bool):
-        def norm_layer():
-            return norms.make(self.norm, **dict(self.norm_options))
+        def conv(strides, inputs):
+            return self.ops.conv(self.features, inputs.shape[-1], strides=strides,
+                                 use_bias=False, kernel_init=_he_normal, dtype=self.dtype)(inputs)
 
-        conv = lambda s, inputs: _conv(  # noqa: E731
-            self.conv, self.features, inputs.shape[-1], strides=s, use_bias=False,
-            kernel_init=_he_normal, dtype=self.dtype)(inputs)
-        y = nn.relu(norm_layer()(conv(self.strides, x), train=train))
-        y = norm_layer()(conv(1, y), train=train)
+        y = nn.relu(self.ops.norm(self.norm, self.norm_options)(conv(self.strides, x),
+                                                                 train=train))
+        y = self.ops.norm(self.norm, self.norm_options)(conv(1, y), train=train)
         if x.shape != y.shape:
             # He et al.'s CIFAR option A: subsample, zero-pad the new channels; no params.
             x = x[:, ::self.strides, ::self.strides, :]
@@ -279,7 +148,7 @@ class ResNet20(nn.Module):
     blocks_per_stage: int = 3
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
-    conv: str = "auto"  # or "xla", "shifts": see `_conv`
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -287,14 +156,14 @@ class ResNet20(nn.Module):
             raise ConfigError("norm_placement", self.norm_placement,
                               "resnet20 places its norms as He et al. do: only 'before_activation'")
         x = x.astype(self.dtype)
-        x = _conv(self.conv, 16, x.shape[-1], use_bias=False, kernel_init=_he_normal,
-                  dtype=self.dtype)(x)
-        x = nn.relu(norms.make(self.norm, **dict(self.norm_options))(x, train=train))
+        x = self.ops.conv(16, x.shape[-1], use_bias=False, kernel_init=_he_normal,
+                          dtype=self.dtype)(x)
+        x = nn.relu(self.ops.norm(self.norm, self.norm_options)(x, train=train))
         for stage, features in enumerate((16, 32, 64)):
             for block in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = _BasicBlock(features, strides, self.norm, self.norm_options,
-                                self.dtype, self.conv)(x, train)
+                                self.dtype, self.ops)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -312,7 +181,7 @@ class PlainCNN(nn.Module):
     norm_options: tuple = ()
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
-    conv: str = "auto"  # or "xla", "shifts": see `_conv`
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -321,10 +190,11 @@ class PlainCNN(nn.Module):
         for stage, count in enumerate(per_stage):
             for layer in range(count):
                 strides = 2 if stage > 0 and layer == 0 else 1
-                x = _conv(self.conv, self.width * 2**stage, x.shape[-1], strides=strides,
-                          use_bias=self.norm == "none", kernel_init=_he_normal,
-                          dtype=self.dtype)(x)
-                x = _NormAct(self.norm, self.norm_options, self.norm_placement)(x, train)
+                x = self.ops.conv(self.width * 2**stage, x.shape[-1], strides=strides,
+                                  use_bias=self.norm == "none", kernel_init=_he_normal,
+                                  dtype=self.dtype)(x)
+                x = _NormAct(self.norm, self.norm_options, self.norm_placement,
+                             self.ops)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -339,6 +209,7 @@ class MLP(nn.Module):
     norm_options: tuple = ()
     norm_placement: str = "before_activation"
     dtype: Any = jnp.float32
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -346,7 +217,7 @@ class MLP(nn.Module):
         for features in self.hidden:
             x = nn.Dense(features, dtype=self.dtype,
                          kernel_init=nn.initializers.normal(0.1))(x)
-            x = _NormAct(self.norm, self.norm_options, self.norm_placement,
+            x = _NormAct(self.norm, self.norm_options, self.norm_placement, self.ops,
                          activation=nn.sigmoid)(x, train)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -369,6 +240,7 @@ class SequenceCNN(nn.Module):
     norm_placement: str = "before_activation"
     mask_padding: bool = False
     dtype: Any = jnp.float32
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -382,7 +254,7 @@ class SequenceCNN(nn.Module):
             h = nn.Conv(self.width, (3,), padding=1, dtype=self.dtype, name=f"conv{i + 1}")(h)
             h = h * mask[..., None].astype(h.dtype)
             flat = h.reshape((n * steps, self.width))
-            layer = norms.make(self.norm, **dict(self.norm_options))
+            layer = self.ops.norm(self.norm, self.norm_options)
             extra = ({"mask": mask.reshape(-1)} if self.mask_padding and self.norm == "bn"
                      else {})
             if self.norm_placement == "before_activation":
@@ -403,11 +275,12 @@ _MODELS: dict[str, type[nn.Module]] = {
 
 def make(name: str, norm: str = "bn", num_classes: int = 10,
          norm_options: dict[str, Any] | None = None, dtype: str = "float32",
-         **options: Any) -> nn.Module:
+         ops: Ops | None = None, **options: Any) -> nn.Module:
     """A model by name: 'simple_cnn', 'resnet20', 'plain_cnn', 'mlp' or 'seq_cnn'.
 
     `norm` and `norm_options` go to `bnlab.norms.make` for every normalized layer;
     `dtype` is the compute dtype (parameters and norm statistics stay float32);
+    `ops` how it computes (default: as the math says; `bnlab.fast.ops` for speed);
     other options are the model's own fields (e.g. `depth` and `width` of plain_cnn,
     `norm_placement`).
     """
@@ -415,12 +288,12 @@ def make(name: str, norm: str = "bn", num_classes: int = 10,
         raise ConfigError("model", name, f"allowed: {', '.join(_MODELS)}")
     norms.make(norm, **(norm_options or {}))  # fail on a bad norm before building
     model = _MODELS[name]
-    unknown = set(options) - (set(model.__dataclass_fields__) - {"parent", "name"})
+    unknown = set(options) - (set(model.__dataclass_fields__) - {"parent", "name", "ops"})
     if unknown:
         raise ConfigError("model", name, f"takes no option(s) {', '.join(sorted(unknown))}")
     frozen = tuple(sorted((norm_options or {}).items()))
     return model(num_classes=num_classes, norm=norm, norm_options=frozen,
-                 dtype=jnp.dtype(dtype), **options)
+                 dtype=jnp.dtype(dtype), ops=ops or Ops(), **options)
 
 
 def normalized_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:

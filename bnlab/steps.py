@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnlab import data, parallel, xla_cpu
+from bnlab import data, parallel
+from bnlab.fast import xla_cpu
 from bnlab.optim import OptimizerSpec, make_optimizer
 from bnlab.tracking import layer_names
 
@@ -186,7 +187,7 @@ def step_functions(model, spec: OptimizerSpec, layout: parallel.Layout,
     """Compiled steps shared by every run with the same model, optimizer shape and
     layout. With `log_grad_norms` the totals carry each layer's summed gradient norm
     (`new_totals(len(layer_names(params)))`). On one CPU device each step compiles
-    with XLA's fusions or YNNPACK's as `cpu_fusion` says (`bnlab.xla_cpu`)."""
+    with XLA's fusions or YNNPACK's as `cpu_fusion` says (`bnlab.fast.xla_cpu`)."""
     tx = make_optimizer(spec)
     one_step = functools.partial(train_step, model, tx, layout, log_grad_norms)
     evaluate = functools.partial(eval_step, model, layout)

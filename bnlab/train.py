@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bnlab import config as config_lib
-from bnlab import data, models, optim, parallel, probes, tracking
+from bnlab import data, fast, models, optim, parallel, probes, tracking
 from bnlab.steps import (
     PackedSteps,
     TrainState,
@@ -77,8 +77,11 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
         model_options.update(depth=config.depth, width=config.width)
     if config.model == "seq_cnn":
         model_options.update(mask_padding=config.mask_padding)
+    # The fast kernels compute the math's numbers (within float32 rounding) for
+    # this backend: chosen here, once, so every step of the run uses the same.
     model = models.make(config.model, norm=config.norm, num_classes=train_set.num_classes,
-                        norm_options=norm_options, dtype=config.dtype, **model_options)
+                        norm_options=norm_options, dtype=config.dtype, ops=fast.choose(),
+                        **model_options)
     # Tracing init at the per-device batch shape finds shape errors (GN groups that do
     # not divide a layer's channels, IN on an MLP, a ghost batch that does not divide
     # the per-device batch) before anything is compiled or written.

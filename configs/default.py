@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     # On a CPU: "auto" compiles a step with YNNPACK's elementwise and reduction
     # fusions when XLA counts >= 6e8 FLOPs in it (ResNet-20 at batch 128: 1.55x on
     # the 2-core CI machine; small steps lose), "xla" never, "ynnpack" always
-    # (bnlab/xla_cpu.py). Not part of the run's identity; ignored on accelerators.
+    # (bnlab/fast/xla_cpu.py). Not part of the run's identity; ignored on accelerators.
     config.cpu_fusion = "auto"
     config.log_every = 50
     config.eval_every = placeholder(int)  # steps; the test set is always evaluated at the end

@@ -1,5 +1,6 @@
-"""bnlab.heap: with bnlab imported, a CPU step stops page-faulting its temporaries
-in on every call; with BNLAB_MALLOC=system it faults them all in, every call.
+"""bnlab.fast.heap: once set (as bnlab's commands set it), a CPU step stops
+page-faulting its temporaries in on every call; with BNLAB_MALLOC=system, or with
+bnlab only imported, it faults them all in, every call.
 
 Each case is a fresh interpreter: the setting is process-wide and must precede
 JAX's threads. The step's 128 MiB of temporaries exceed the 64 MiB that glibc maps
@@ -17,7 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
 import json, resource
-import bnlab, bnlab.heap
+import os
+import bnlab, bnlab.train, bnlab.cli
+from bnlab.fast import heap
+if os.environ["CASE"] != "import":
+    heap.keep_freed_memory()  # what `bnlab COMMAND` does first
 import jax, jax.numpy as jnp
 
 x = jnp.ones((2048, 8192), jnp.float32)
@@ -31,17 +36,19 @@ for _ in range(20):
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 # The first calls grow the heap; later ones reuse its freed blocks, but for one
 # in ten or so that lands where the freed ones do not fit and grows it again.
-print(json.dumps({"kept": bnlab.heap.kept, "temp_pages": int(temp_pages),
+print(json.dumps({"kept": heap.kept, "temp_pages": int(temp_pages),
                   "faulting_calls": sum(f > temp_pages / 2 for f in faults[5:])}))
 """
 
 
-def _faults(*mallocs: str) -> list[dict]:
-    """The script's counts under each BNLAB_MALLOC, the interpreters side by side."""
+def _faults(*cases: str) -> list[dict]:
+    """The script's counts in each case (keep, system: BNLAB_MALLOC; import: bnlab
+    imported, the setting not asked for), the interpreters side by side."""
     runs = [subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "BNLAB_MALLOC": m, "PYTHONPATH": str(ROOT)})
-            for m in mallocs]
+                             env={**os.environ, "CASE": case, "PYTHONPATH": str(ROOT),
+                                  "BNLAB_MALLOC": "system" if case == "system" else "keep"})
+            for case in cases]
     counts = []
     for run in runs:
         out, err = run.communicate(timeout=120)
@@ -52,10 +59,12 @@ def _faults(*mallocs: str) -> list[dict]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_a_step_reuses_its_freed_temporaries_instead_of_faulting_them_in():
-    kept, system = _faults("keep", "system")
+    kept, system, imported = _faults("keep", "system", "import")
     assert system["temp_pages"] >= 32768  # 128 MiB, the case described above
-    assert kept["kept"] is True and system["kept"] is False
+    assert kept["kept"] is True and system["kept"] is False and imported["kept"] is False
     # Of the 15 calls after the first 5: glibc's defaults fault the temporaries in
     # on every one; kept, on 0 to 3 of them in the runs measured.
     assert system["faulting_calls"] == 15
     assert kept["faulting_calls"] <= 5
+    # Importing bnlab (its CLI and training code too) leaves glibc's malloc as it was.
+    assert imported["faulting_calls"] == 15

@@ -1,6 +1,5 @@
 """Model structure against hand counts of the article's and He et al.'s networks."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,57 +114,6 @@ def test_values_per_statistic_per_layer():
     assert [layer["values_per_statistic"] for layer in layers] == [28 * 28 * 2, 14 * 14 * 4]
 
 
-@pytest.mark.parametrize("method,strides,use_bias,channels", [
-    ("shifts", 1, True, 3), ("shifts", 2, False, 16), ("patches", 1, True, 3),
-    ("patches", 1, False, 1)])
-def test_matmul_convs_equal_flax_conv(method, strides, use_bias, channels):
-    """models.Conv (the packed runs' shifted matmuls; the patches of a CPU's first
-    layer) against nn.Conv: same parameters, same outputs and gradients (the input's
-    too) up to float32 rounding."""
-    x = jax.random.normal(jax.random.key(0), (2, 9, 9, channels))
-    ours = models.Conv(8, strides=strides, use_bias=use_bias, method=method)
-    flax_conv = nn.Conv(8, (3, 3), strides=strides, padding=1, use_bias=use_bias)
-    variables = flax_conv.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
-        jnp.shape, variables)
-
-    def loss(module, variables, x):
-        return jnp.sum(jnp.sin(module.apply(variables, x)))
-
-    np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x),
-                               rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(ours, variables, x)),
-                    jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(flax_conv, variables, x)),
-                    strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_auto_conv_takes_patches_for_a_cpus_first_layer_only():
-    """conv="auto" (the default) on this CPU: SimpleCNN's conv1 (3 input channels)
-    is one matmul over patches, conv2 (16) stays XLA's convolution; the network's
-    parameters, outputs and gradients are nn.Conv's (conv="xla") up to rounding."""
-    x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
-    auto, xla = (models.make("simple_cnn", norm="gn", norm_options={"num_groups": 8}, conv=c)
-                 for c in ("auto", "xla"))
-    variables = xla.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, auto.init(jax.random.key(1), x)) == jax.tree.map(
-        jnp.shape, variables)
-
-    def convolutions(model):
-        jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x))(variables))
-        return jaxpr.count("conv_general_dilated")
-
-    assert (convolutions(auto), convolutions(xla)) == (1, 2)
-    np.testing.assert_allclose(auto.apply(variables, x), xla.apply(variables, x),
-                               rtol=1e-5, atol=1e-5)
-    grads = [jax.jit(jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x)))))(variables)
-             for m in (auto, xla)]
-    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ConfigError, match="conv"):
-        models.make("simple_cnn", conv="fast").init(jax.random.key(1), x)
-
-
 @pytest.mark.parametrize("norm,mask_padding,moves", [
     ("bn", False, True), ("bn", True, False), ("ln", False, False), ("gn", False, False)])
 def test_only_naive_bn_depends_on_how_far_sequences_are_padded(norm, mask_padding, moves):
@@ -186,20 +134,3 @@ def test_only_naive_bn_depends_on_how_far_sequences_are_padded(norm, mask_paddin
                            train=True, mutable=["batch_stats"])[0] for steps in (28, 56)]
     difference = float(jnp.abs(outputs[0] - outputs[1]).max())
     assert (difference > 1e-2) if moves else (difference < 1e-5), difference
-
-
-@pytest.mark.parametrize("shape", [(4, 8, 8, 3), (3, 7, 6, 2), (2, 5, 9, 4)])
-def test_max_pool_equals_flax_bit_for_bit_ties_included(shape):
-    """Values rounded to integers and passed through ReLU: most windows hold ties
-    (zeros, equal ones), where the gradient must go to the first maximum in
-    row-major order, as Flax's select-and-scatter sends it. Odd sizes drop the
-    last row or column, whose gradient is zero."""
-    x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), shape)))
-    flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
-    y, flax_vjp = jax.vjp(flax_pool, x)
-    g = jax.random.normal(jax.random.key(1), y.shape)
-    got, vjp = jax.vjp(models.max_pool_2x2, x)
-    np.testing.assert_array_equal(got, y)
-    np.testing.assert_array_equal(vjp(g)[0], flax_vjp(g)[0])
-    ties = np.sum(np.asarray(models._pool_windows(x) == got[:, :, None, :, None, :]), (2, 4))
-    assert (ties > 1).mean() > 0.3  # the case that tells the rules apart is there

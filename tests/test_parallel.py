@@ -25,7 +25,7 @@ import optax
 import pytest
 from conftest import ROOT
 
-from bnlab import data, models, parallel, probes, tracking, train
+from bnlab import data, fast, models, parallel, probes, tracking, train
 from bnlab import steps as steps_lib
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -45,7 +45,7 @@ def _forward_backward(layout: parallel.Layout, norm_options: dict, images, label
     """Logits (all examples, in order), gradients and new running statistics of
     SimpleCNN+BN on one batch, computed in `layout`."""
     options = {"momentum": 0.9, **norm_options, **layout.bn_options()}
-    model = models.make("simple_cnn", norm="bn", norm_options=options)
+    model = models.make("simple_cnn", norm="bn", norm_options=options, ops=fast.choose())
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=True))(
         images[:GLOBAL // layout.num_devices])
 

@@ -1,4 +1,4 @@
-"""bnlab.xla_cpu: a step compiled with YNNPACK's fusions computes what XLA's own
+"""bnlab.fast.xla_cpu: a step compiled with YNNPACK's fusions computes what XLA's own
 fusions compute (within float rounding), and is chosen by one step's FLOPs."""
 
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bnlab import steps as steps_lib
-from bnlab import tracking, train, xla_cpu
+from bnlab import tracking, train
+from bnlab.fast import xla_cpu
 
 
 def _chain(x, y):

@@ -4,12 +4,11 @@ XLA's CPU backend can hand elementwise ops and reductions to YNNPACK
 (`xla_cpu_experimental_ynn_fusion_type`; jaxlib 0.10 leaves them to its own
 fusions). Where XLA fuses them itself it also fuses producers into the transposes
 in front of the weight-gradient convolutions, and a ResNet's residual stream is
-then re-derived block after block (docs/PERFORMANCE.md). With YNNPACK's fusions
-ResNet-20's train step ran 1.5–1.7× faster at batch 128 and 1.2× at batch 8 on the
-2-core CI machine; steps with little work per op lost instead (SimpleCNN at
-batch 2: 0.83×, ResNet-20 at batch 2: 0.92×), as each fused op pays YNNPACK's
-dispatch. The work XLA counts in a step (its FLOPs) separated the two on every
-case measured, so `auto` compiles a step with YNNPACK's fusions from
+then re-derived block after block. With YNNPACK's fusions ResNet-20's train step
+ran up to 1.7× faster on the 2-core CI machine, while steps with little work per
+op lost, as each fused op pays YNNPACK's dispatch (docs/PERFORMANCE.md, "YNNPACK's
+fusions on the CPU"). The work XLA counts in a step (its FLOPs) separated the two
+on every case measured, so `auto` compiles a step with YNNPACK's fusions from
 `MIN_FLOPS` up.
 
 The option is set per compilation (`Lowered.compile(compiler_options=...)`), not

@@ -6,23 +6,21 @@ and frees them after. glibc hands an allocation over its mmap threshold (at most
 32 MiB) to the kernel as a fresh mapping and unmaps it when freed, and a thread
 other than the main one (XLA runs steps on its own) maps anything over 64 MiB
 whatever the threshold: every call then page-faults all of its temporaries in
-again, zero-filled by the kernel. Measured on the 2-core CI machine, one train
-step per call at batch 128:
-
-- SimpleCNN/GN (46 MiB of temporaries): 11,690 page faults a call, 37.0 ms;
-  0.8 faults and 23.4 ms with this module's settings.
-- ResNet-20/BN (280 MiB): 71,610 faults a call; none with the settings, and the
-  step took 315-400 ms against 400-440 ms (bench.py, docs/PERFORMANCE.md).
+again, zero-filled by the kernel: SimpleCNN/GN's step at batch 128 ran 1.6× faster
+with this module's settings on the 2-core CI machine (docs/PERFORMANCE.md, "Freed
+memory kept in the process").
 
 The settings: one malloc arena for all threads, no mmap for large blocks, and no
 trimming of the heap's top, so freed blocks are reused in place. Their cost is
 that the process keeps the memory it peaked at (its resident size does not shrink
-between steps); ResNet-20 at batch 128 peaked at 1.36 against 0.93 GiB.
+between steps).
 
-They must be set before JAX's threads first allocate, so `bnlab/__init__.py` sets
-them when bnlab is imported; a process that ran JAX before importing bnlab keeps
-most of the gain (no mmap under 64 MiB) but not the arena. `BNLAB_MALLOC=system`
-leaves glibc's defaults. Other C libraries (macOS, musl) are left alone.
+They must be set before JAX's threads first allocate, so bnlab's commands set
+them as they start (`cli.main`); a run started from Python sets them when it
+chooses its kernels (`fast.choose`, on a CPU), which keeps most of the gain (no
+mmap under 64 MiB) but not the arena. Importing bnlab changes nothing.
+`BNLAB_MALLOC=system` leaves glibc's defaults. Other C libraries (macOS, musl)
+are left alone.
 """
 
 from __future__ import annotations
