@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab import tracking
+from bnlab.stats import contrast
 
 # The columns a run is usually told apart by, first in load_runs' frame.
 KEY_COLUMNS = ("norm", "model", "batch_size", "norm_batch_size", "learning_rate",
@@ -56,10 +57,12 @@ def load_runs(path: str | Path) -> pd.DataFrame:
 
 
 def load_curves(path: str | Path, metrics: list[str] | tuple[str, ...] | None = None,
-                columns: tuple[str, ...] = KEY_COLUMNS) -> pd.DataFrame:
+                columns: tuple[str, ...] = KEY_COLUMNS, missing: bool = False) -> pd.DataFrame:
     """Long-format metrics over steps: one row per (run, step, metric) with `value`,
-    plus the run's `columns` (from its config and summary) to group and plot by.
-    `metrics`: the metric names to keep (default: all)."""
+    plus the run's `columns` (from its config and summary) to group and plot by, in
+    the order the run logged them (a run logs each step once). `metrics`: the metric
+    names to keep (default: all). `missing`: also a row, valued NaN, where a metric
+    was logged without a finite number (NaN and Inf are written as null)."""
     runs = load_runs(path)
     keep = [c for c in columns if c in runs]
     wanted = set(metrics) if metrics else None
@@ -69,19 +72,15 @@ def load_curves(path: str | Path, metrics: list[str] | tuple[str, ...] | None = 
         for row in tracking.RunDir(record[1]).metrics():
             step = row["step"]
             for metric, value in row.items():
+                if metric == "step" or (wanted is not None and metric not in wanted):
+                    continue
                 # NaN is written as null: a diverged step has no value.
-                if (metric != "step" and (wanted is None or metric in wanted)
-                        and isinstance(value, int | float) and not isinstance(value, bool)
+                if (isinstance(value, int | float) and not isinstance(value, bool)
                         and math.isfinite(value)):
                     records.append((*fixed, step, metric, float(value)))
+                elif missing:
+                    records.append((*fixed, step, metric, math.nan))
     return pd.DataFrame(records, columns=["run", *keep, "step", "metric", "value"])
-
-
-def t_quantile(probability: float, dof: int) -> float:
-    """Student's t quantile (scipy)."""
-    from scipy import stats
-
-    return float(stats.t.ppf(probability, dof))
 
 
 def aggregate(frame: pd.DataFrame, by: list[str] | str, metric: str = "test_accuracy",
@@ -89,7 +88,8 @@ def aggregate(frame: pd.DataFrame, by: list[str] | str, metric: str = "test_accu
     """Per group of `by`: `mean`, `std` (n-1), `count` of runs with a value (a
     diverged run has none), `runs` (all of the group), `diverged`, and the
     `confidence` interval of the mean over seeds, `ci_low`..`ci_high`: mean ±
-    t(n-1) · std / √n; NaN for a group of fewer than two values."""
+    t(n-1) · std / √n (`stats.contrast` of the one group); NaN for a group of fewer
+    than two values."""
     by = [by] if isinstance(by, str) else list(by)
     missing = [c for c in [*by, metric] if c not in frame]
     if missing:
@@ -99,14 +99,13 @@ def aggregate(frame: pd.DataFrame, by: list[str] | str, metric: str = "test_accu
         values = pd.to_numeric(group[metric], errors="coerce").to_numpy(dtype=float)
         values = values[np.isfinite(values)]
         n = len(values)
-        mean = float(values.mean()) if n else math.nan
+        estimate = contrast([(1, values)], confidence)
         std = float(values.std(ddof=1)) if n > 1 else math.nan
-        half = (t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-                if n > 1 else math.nan)
         diverged = int((group["status"] == "diverged").sum()) if "status" in group else 0
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
-                     "mean": mean, "std": std, "count": n, "runs": len(group),
-                     "diverged": diverged, "ci_low": mean - half, "ci_high": mean + half})
+                     "mean": float(estimate.value), "std": std, "count": n,
+                     "runs": len(group), "diverged": diverged, "ci_low": float(estimate.low),
+                     "ci_high": float(estimate.high)})
     return pd.DataFrame(rows)
 
 
@@ -182,6 +181,27 @@ def plot_lr_sensitivity(runs: pd.DataFrame, metric: str = "test_accuracy",
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(metric.replace("_", " "))
     ax.legend(title=hue)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_errorbars(runs: pd.DataFrame, by: str, metrics: tuple[str, ...],
+                   labels: tuple[str, ...], ax=None, ylabel: str = "accuracy"):
+    """Mean and 95% interval of each metric (x positions, named by `labels`) per
+    value of `by` (colors, side by side)."""
+    ax = _axes(ax)
+    groups = runs[by].nunique()
+    for x, metric in enumerate(metrics):
+        table = aggregate(runs, by, metric)
+        for offset, row in enumerate(table.itertuples()):
+            ax.errorbar(x + 0.15 * offset, row.mean, fmt="o", capsize=3,
+                        yerr=[[row.mean - row.ci_low], [row.ci_high - row.mean]],
+                        color=f"C{offset}", label=getattr(row, by) if x == 0 else None)
+    middle = 0.075 * (groups - 1)  # each metric's label under the middle of its group
+    ax.set_xticks([middle + x for x in range(len(metrics))], labels)
+    ax.set_xlim(-0.3, len(metrics) - 1 + 2 * middle + 0.3)
+    ax.set_ylabel(ylabel)
+    ax.legend(title=by.replace("_", " "))
     ax.grid(alpha=0.3)
     return ax
 

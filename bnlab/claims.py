@@ -5,7 +5,10 @@ seeds with a 95% interval, never from one run.
 Each rule reads the runs `analysis.load_runs` gives, picks those of its
 experiment, and returns a `Verdict` with the effect it measured and its interval.
 A claim without a rule yet, or a directory without its runs, is reported as
-"not measured": never a verdict.
+"not measured": never a verdict. Each claim also declares its figure, beside its
+rule: a function that draws what the rule compared on the matplotlib Figure it is
+given (`report.write_report` creates, saves and closes it, so that importing the
+claims imports no matplotlib).
 """
 
 from __future__ import annotations
@@ -14,52 +17,19 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from bnlab import tracking
+from bnlab import analysis
+from bnlab.stats import Estimate, contrast
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
 NOT_MEASURED = "not measured"
-
-
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """A linear combination of group means with its Welch 95% interval."""
-
-    value: float
-    low: float
-    high: float
-    dof: float
-
-    def jsonable(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-
-def contrast(groups: list[tuple[float, np.ndarray]], confidence: float = 0.95) -> Estimate:
-    """Σ cᵢ·mean(xᵢ) over independent groups (c, values), with the interval
-    ± t(ν)·√(Σ cᵢ² sᵢ²/nᵢ), ν by Welch–Satterthwaite. NaN bounds when a group has
-    fewer than two values."""
-    from bnlab.analysis import t_quantile
-
-    value, variance, dof_denominator = 0.0, 0.0, 0.0
-    for coefficient, values in groups:
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        if len(values) < 2:
-            mean = float(values.mean()) if len(values) else math.nan
-            return Estimate(value + coefficient * mean, math.nan, math.nan, math.nan)
-        term = coefficient**2 * values.var(ddof=1) / len(values)
-        value += coefficient * values.mean()
-        variance += term
-        dof_denominator += term**2 / (len(values) - 1)
-    if variance == 0:
-        return Estimate(value, value, value, math.inf)
-    dof = variance**2 / dof_denominator
-    half = t_quantile(0.5 + confidence / 2, dof) * math.sqrt(variance)
-    return Estimate(value, value - half, value + half, dof)
 
 
 @dataclasses.dataclass
@@ -85,6 +55,9 @@ class Claim:
     experiments: tuple[str, ...]  # the sweep files under experiments/ that test it (stems)
     rule: Callable[[pd.DataFrame], Verdict] | None = None
     reference: str = ""  # what the literature measured
+    # Draws a measured verdict's evidence on an empty Figure (it lays out its own
+    # panels); None: the report shows no figure.
+    figure: Callable[[Verdict, Figure], None] | None = None
 
 
 def _finished(runs: pd.DataFrame) -> pd.DataFrame:
@@ -128,7 +101,17 @@ def _comparable(runs: pd.DataFrame, free: tuple[str, ...]) -> list[pd.DataFrame]
     return sorted(groups, key=len, reverse=True)
 
 
-# ---------------------------------------------------------------- rules
+def _panels(fig: Figure, count: int) -> np.ndarray:
+    """`count` axes side by side on `fig`, 6 × 4 inches each."""
+    fig.set_size_inches(6 * count, 4)
+    return fig.subplots(1, count, squeeze=False)[0]
+
+
+def _title(verdict: Verdict) -> str:
+    return f"{verdict.claim}: {verdict.verdict}"
+
+
+# ---------------------------------------------------------------- rules and figures
 
 def _judge(estimate: Estimate, margin: float, also_supported: bool = True,
            also_not_supported: bool = False, defined: bool = True) -> str:
@@ -204,6 +187,17 @@ def small_batch_rule(runs: pd.DataFrame) -> Verdict:
     return first
 
 
+def _small_batch_figure(verdict: Verdict, fig: Figure) -> None:
+    """Test accuracy against the batch size, a panel per model, without no norm."""
+    runs = verdict.runs
+    models = list(dict.fromkeys(runs["model"])) if "model" in runs else [None]
+    for ax, model in zip(_panels(fig, len(models)), models, strict=True):
+        group = runs if model is None else runs[runs["model"] == model]
+        analysis.plot_vs_batch_size(group[group["norm"] != "none"], ax=ax)
+        ax.set_title(f"{model}" if model else "")
+    fig.suptitle(f"{_title(verdict)} (normalization batch = SGD batch)")
+
+
 def learning_rate_rule(runs: pd.DataFrame, rate_step: float = 3.0) -> Verdict:
     """C2: BN trains at larger learning rates than no norm. A rate trains for a norm
     when no seed diverged and the mean test accuracy is within 5 points of that
@@ -249,6 +243,14 @@ def learning_rate_rule(runs: pd.DataFrame, rate_step: float = 3.0) -> Verdict:
                    details, runs)
 
 
+def _learning_rate_figure(verdict: Verdict, fig: Figure) -> None:
+    """Test accuracy against the learning rate, BN and no norm, divergences marked."""
+    ax, = _panels(fig, 1)
+    runs = verdict.runs
+    analysis.plot_lr_sensitivity(runs[runs["norm"].isin(("bn", "none"))], ax=ax)
+    ax.set_title(_title(verdict))
+
+
 def generalization_rule(runs: pd.DataFrame) -> Verdict:
     """C3: BN generalizes better than no norm. Effect: test accuracy of BN minus no
     norm at one setting (batch size and learning rate) both ran, means over seeds.
@@ -284,6 +286,14 @@ def generalization_rule(runs: pd.DataFrame) -> Verdict:
     return Verdict("C3", verdict, effect, estimate, details, at)
 
 
+def _generalization_figure(verdict: Verdict, fig: Figure) -> None:
+    """Train and test accuracy of the compared setting, per norm."""
+    ax, = _panels(fig, 1)
+    analysis.plot_errorbars(verdict.runs, "norm", ("train_accuracy", "test_accuracy"),
+                            ("train (last log)", "test"), ax=ax)
+    ax.set_title(_title(verdict))
+
+
 def _gradient_spread(run_path: str) -> float:
     """The typical spread of a run's weight layers' gradient norms: log10(largest /
     smallest) across layers at each log, the median over its logs. Vanishing (the
@@ -291,13 +301,14 @@ def _gradient_spread(run_path: str) -> float:
     rest) both widen it. The median, not the widest: one log where a layer's
     gradient was near zero gave 22 decades in a run whose other logs spread 1-3,
     and one such log should not decide a run. NaN without `grad_norm/` metrics."""
-    spreads = []
-    for row in tracking.RunDir(run_path).metrics():
-        norms = [v for k, v in row.items() if k.startswith("grad_norm/")
-                 and "norm" not in k[len("grad_norm/"):].lower()
-                 and isinstance(v, int | float) and math.isfinite(v) and v > 0]
-        if len(norms) >= 2:
-            spreads.append(math.log10(max(norms) / min(norms)))
+    curves = analysis.load_curves(run_path, columns=())
+    metric = curves["metric"]
+    layer = metric.str.slice(len("grad_norm/")).str.lower()
+    norms = curves[metric.str.startswith("grad_norm/") & ~layer.str.contains("norm", regex=False)
+                   & (curves["value"] > 0)]
+    # A run logs each step once: a step's values are one log's.
+    spreads = [math.log10(values.max() / values.min())
+               for _, values in norms.groupby("step", sort=False)["value"] if len(values) >= 2]
     return float(np.median(spreads)) if spreads else math.nan
 
 
@@ -331,6 +342,14 @@ def gradient_rule(runs: pd.DataFrame) -> Verdict:
     return Verdict("C4", _judge(estimate, SPREAD_MARGIN), effect, estimate, details, runs)
 
 
+def _gradient_figure(verdict: Verdict, fig: Figure) -> None:
+    """Each weight layer's gradient norm at the last log, input side first."""
+    ax, = _panels(fig, 1)
+    curves = pd.concat([analysis.load_curves(p) for p in verdict.runs["path"]])
+    analysis.plot_grad_norms(curves, ax=ax, layers="Conv|Dense")
+    ax.set_title(_title(verdict))
+
+
 def _log_ratio(values: dict[str, np.ndarray]) -> Estimate:
     """log(no norm's ÷ BN's) for positive values: the difference of mean logs over
     seeds, with its Welch interval (the scale the verdict is judged on)."""
@@ -344,9 +363,9 @@ def _as_ratio(log: Estimate) -> Estimate:
 
 def _test_accuracy_curve(run_path: str) -> list[tuple[int, float]]:
     """(step, test accuracy) of every evaluation a run logged, in order."""
-    return [(row["step"], row["test_accuracy"])
-            for row in tracking.RunDir(run_path).metrics()
-            if isinstance(row.get("test_accuracy"), int | float)]
+    curve = analysis.load_curves(run_path, ("test_accuracy",), columns=())
+    return [(int(step), float(accuracy))
+            for step, accuracy in zip(curve["step"], curve["value"], strict=True)]
 
 
 def steps_to_accuracy(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -415,6 +434,19 @@ def speed_rule(runs: pd.DataFrame, target_fraction: float = 0.95) -> Verdict:
     return Verdict("C1", verdict, effect, estimate, details, at)
 
 
+def _speed_figure(verdict: Verdict, fig: Figure) -> None:
+    """Test accuracy over steps, the target, and each norm's mean steps to it."""
+    ax, = _panels(fig, 1)
+    curves = pd.concat([analysis.load_curves(p, ("test_accuracy",))
+                        for p in verdict.runs["path"]])
+    analysis.plot_curves(curves, "test_accuracy", ax=ax)
+    ax.axhline(verdict.details["target_accuracy"], color="k", ls="--", lw=1, label="target")
+    for norm, steps in verdict.details["mean_steps_to_target"].items():
+        ax.axvline(steps, ls=":", lw=1, color="C0" if norm == "bn" else "C1")
+    ax.legend()
+    ax.set_title(_title(verdict))
+
+
 def placement_rule(runs: pd.DataFrame) -> Verdict:
     """C6: BN between the convolution and the activation beats BN after the
     activation. Effect: test accuracy, before minus after, means over seeds."""
@@ -436,6 +468,14 @@ def placement_rule(runs: pd.DataFrame) -> Verdict:
                                                              "after_activation")))}
     effect = "test accuracy, BN before the ReLU minus after it"
     return Verdict("C6", _judge(estimate, ACCURACY_MARGIN), effect, estimate, details, at)
+
+
+def _placement_figure(verdict: Verdict, fig: Figure) -> None:
+    """Test accuracy, BN before and after the activation."""
+    ax, = _panels(fig, 1)
+    analysis.plot_errorbars(verdict.runs, "norm_placement", ("test_accuracy",), ("test",),
+                            ax=ax)
+    ax.set_title(_title(verdict))
 
 
 def statistics_rule(runs: pd.DataFrame | None = None) -> Verdict:
@@ -480,23 +520,44 @@ def statistics_rule(runs: pd.DataFrame | None = None) -> Verdict:
                    Estimate(difference, math.nan, math.nan, math.nan), details)
 
 
-def _mean_diagnostics(run_path: str, layers: set[str] | None = None) -> dict[str, float]:
-    """A run's diagnostics averaged over its logs: `ics` and `ics_cos` (also over the
-    `layers` given, all when None), and each `landscape/` metric by its name."""
-    sums: dict[str, list[float]] = {}
-    for row in tracking.RunDir(run_path).metrics():
-        for prefix in ("ics", "ics_cos"):
-            values = [v for k, v in row.items() if k.startswith(prefix + "/")
-                      and (layers is None or k.split("/", 1)[1] in layers)
-                      and isinstance(v, int | float) and math.isfinite(v)]
-            if values:
-                sums.setdefault(prefix, []).append(float(np.mean(values)))
-        for key, value in row.items():
-            if key.startswith("landscape/") and isinstance(value, int | float):
-                sums.setdefault(key.split("/", 1)[1], []).append(float(value))
-    return {k: float(np.mean(v)) for k, v in sums.items()}
+def _statistics_figure(verdict: Verdict, fig: Figure) -> None:
+    """μ_B and σ²_B per channel, bnlab's beside the formula's (drawn from the details:
+    nothing was trained)."""
+    per_channel = verdict.details["per_channel"]
+    for ax, (name, values) in zip(_panels(fig, len(per_channel)), per_channel.items(),
+                                  strict=True):
+        channels = range(len(values["formula"]))
+        ax.bar([c - 0.2 for c in channels], values["bnlab"], width=0.4,
+               label="bnlab BatchNorm")
+        ax.bar([c + 0.2 for c in channels], values["formula"], width=0.4,
+               label="formula (NumPy, float64)")
+        ax.set_xticks(list(channels), [f"channel {c}" for c in channels])
+        ax.set_title(f"{'μ_B' if name == 'mean' else 'σ²_B'} per channel")
+        ax.legend()
+    fig.suptitle(f"{_title(verdict)} (largest difference "
+                 f"{verdict.details['max_abs_difference']:.1e})")
 
 
+def _mean_diagnostics(curves: pd.DataFrame, layers: set[str] | None = None) -> dict[str, float]:
+    """A run's diagnostics (its `analysis.load_curves`) averaged over its logs: `ics`
+    and `ics_cos` (also over the `layers` given, all when None), and each
+    `landscape/` metric by its name."""
+    curves = curves[curves["value"].notna()]  # NaN: logged without a value
+    out = {}
+    for prefix in ("ics", "ics_cos"):
+        mine = curves[curves["metric"].str.startswith(prefix + "/")]
+        if layers is not None:
+            mine = mine[mine["metric"].str.slice(len(prefix) + 1).isin(layers)]
+        # A run logs each step once: a step's values are one log's. NumPy's mean (not
+        # pandas') on each: the same sums, in the same order, as the values logged.
+        per_log = [float(np.mean(values.to_numpy()))
+                   for _, values in mine.groupby("step", sort=False)["value"]]
+        if per_log:
+            out[prefix] = float(np.mean(per_log))
+    landscape = curves[curves["metric"].str.startswith("landscape/")]
+    for metric, values in landscape.groupby("metric", sort=False)["value"]:
+        out[metric.split("/", 1)[1]] = float(np.mean(values.to_numpy()))
+    return out
 
 
 # A reduction smaller than this factor is too small to matter.
@@ -512,7 +573,7 @@ def mechanism_rule(runs: pd.DataFrame) -> Verdict:
     alongside: the same ratio for the effective β-smoothness, the gradient change
     and the loss range, in `details`."""
     def has_ics(path):
-        return "ics" in _mean_diagnostics(path)
+        return "ics" in _mean_diagnostics(analysis.load_curves(path, columns=()))
 
     candidates = [g for g in _comparable(_finished(runs), ())
                   if {"bn", "none"} <= set(g["norm"]) and has_ics(g["path"].iloc[0])]
@@ -522,13 +583,16 @@ def mechanism_rule(runs: pd.DataFrame) -> Verdict:
     at = candidates[0]
     at = at[at["norm"].isin(("bn", "none"))]
 
+    # With the logs that have no value (NaN): a run has a layer if it logged its ICS.
+    curves = {p: analysis.load_curves(p, columns=(), missing=True) for p in at["path"]}
+
     def layers(path):
-        rows = tracking.RunDir(path).metrics()
-        return {k.split("/", 1)[1] for row in rows for k in row if k.startswith("ics/")}
+        names = curves[path]["metric"]
+        return {n.split("/", 1)[1] for n in names[names.str.startswith("ics/")]}
 
     common = set.intersection(*(layers(p) for p in at["path"]))
-    means = {norm: [_mean_diagnostics(p, common) for p in at.loc[at["norm"] == norm, "path"]]
-             for norm in ("bn", "none")}
+    means = {norm: [_mean_diagnostics(curves[p], common)
+                    for p in at.loc[at["norm"] == norm, "path"]] for norm in ("bn", "none")}
 
     def values(metric):
         return {n: np.array([m[metric] for m in means[n] if metric in m]) for n in means}
@@ -544,6 +608,21 @@ def mechanism_rule(runs: pd.DataFrame) -> Verdict:
     effect = "relative internal covariate shift, no norm's ÷ BN's"
     verdict = _judge(log_ratio, math.log(ICS_MARGIN))
     return Verdict("C10", verdict, effect, _as_ratio(log_ratio), details, at)
+
+
+def _mechanism_figure(verdict: Verdict, fig: Figure) -> None:
+    """Relative ICS over steps (the mean over the compared layers), and the loss
+    landscape's effective β-smoothness."""
+    left, right = _panels(fig, 2)
+    curves = pd.concat([analysis.load_curves(p) for p in verdict.runs["path"]])
+    layers = {f"ics/{name}" for name in verdict.details["layers"]}
+    ics = curves[curves["metric"].isin(layers)]
+    ics = ics.groupby(["run", "norm", "step"], as_index=False)["value"].mean()
+    analysis.plot_curves(ics.assign(metric="relative ICS"), "relative ICS", ax=left)
+    left.set_title("internal covariate shift ‖G − G′‖/‖G‖")
+    analysis.plot_curves(curves, "landscape/beta", ax=right, log_y=True)
+    right.set_title("effective β-smoothness (lower: smoother)")
+    fig.suptitle(_title(verdict))
 
 
 def _sequence_runs(runs: pd.DataFrame) -> pd.DataFrame | None:
@@ -596,6 +675,28 @@ def sequence_rule(runs: pd.DataFrame) -> Verdict:
     return Verdict("C8", _judge(estimate, ACCURACY_MARGIN), effect, estimate, details, at)
 
 
+def _sequence_figure(verdict: Verdict, fig: Figure) -> None:
+    """Test accuracy per normalization on padded sequences, and the share of test
+    predictions that more padding changes."""
+    left, right = _panels(fig, 2)
+    groups = _sequence_norms(verdict.runs)
+    labelled = pd.concat([g.assign(normalization=n) for n, g in groups.items()])
+    analysis.plot_errorbars(labelled, "normalization", ("test_accuracy",), ("test",), ax=left)
+    left.set_title("test accuracy, padded sequences")
+    changed = verdict.details["predictions_changed_by_more_padding"]
+    names = list(changed["as evaluated"])
+    for offset, (label, values) in enumerate(changed.items()):
+        bars = right.bar([i + 0.4 * offset for i in range(len(names))],
+                         [100 * values.get(n, math.nan) for n in names], width=0.4,
+                         label=label)
+        right.bar_label(bars, fmt="%.1f", fontsize=7)
+    right.set_xticks([i + 0.2 for i in range(len(names))], names)
+    right.set_ylabel("% of test predictions")
+    right.set_title("predictions changed by padding 28 → 56 steps")
+    right.legend()
+    fig.suptitle(_title(verdict))
+
+
 # GN "works" in a regime when it loses less than this (accuracy, absolute) there.
 WORKS_MARGIN = 0.02
 
@@ -638,33 +739,53 @@ def alternatives_rule(runs: pd.DataFrame) -> Verdict:
     return Verdict("C9", verdict, effect, worst, details, None)
 
 
+def _alternatives_figure(verdict: Verdict, fig: Figure) -> None:
+    """GN's shortfall in each regime with its interval, against the margin (drawn
+    from the details: two experiments' estimates)."""
+    ax, = _panels(fig, 1)
+    shortfalls = verdict.details["shortfalls"]
+    for y, e in enumerate(shortfalls.values()):
+        low = 0.0 if math.isnan(e["low"]) else e["value"] - e["low"]
+        high = 0.0 if math.isnan(e["high"]) else e["high"] - e["value"]
+        ax.errorbar(100 * e["value"], y, xerr=[[100 * low], [100 * high]], fmt="o",
+                    capsize=3, color="C2")
+    ax.axvline(100 * verdict.details["works_margin"], color="k", ls="--", lw=1,
+               label="works: below this")
+    ax.axvline(0, color="gray", lw=0.5)
+    ax.set_yticks(range(len(shortfalls)), list(shortfalls), fontsize=8)
+    ax.set_xlabel("GN's shortfall (accuracy points, 95% interval)")
+    ax.legend()
+    ax.set_title(_title(verdict))
+
+
 CLAIMS: tuple[Claim, ...] = (
     Claim("C1", "speed", "BN speeds training up: fewer steps to a given accuracy",
           ("learning_rate",), speed_rule,
-          "BN paper: the same accuracy in 14× fewer steps (with BN and a 5× learning rate)"),
+          "BN paper: the same accuracy in 14× fewer steps (with BN and a 5× learning rate)",
+          figure=_speed_figure),
     Claim("C2", "lr", "BN tolerates much larger learning rates",
           ("learning_rate",), learning_rate_rule,
-          "BN paper: without BN the 5× learning rate diverged"),
+          "BN paper: without BN the 5× learning rate diverged", figure=_learning_rate_figure),
     Claim("C3", "regularize", "BN regularizes: better generalization",
-          ("learning_rate",), generalization_rule),
+          ("learning_rate",), generalization_rule, figure=_generalization_figure),
     Claim("C4", "gradients", "BN relieves vanishing and exploding gradients",
-          ("gradient_flow",), gradient_rule),
+          ("gradient_flow",), gradient_rule, figure=_gradient_figure),
     Claim("C5", "small batch", "BN degrades at small batch; GN, LN and IN do not",
           ("batch_size",), small_batch_rule,
           "GN paper, ResNet-50 ImageNet top-1 error at 32 → 2 images per GPU: BN 23.6 → "
           "34.7 (+11.1 points), GN 24.1 → 24.1; CIFAR-10 ResNet-20 accuracy at 32 → 2: "
-          "BN 86.4 → 80.3 (−6.1), GN 86.0 → 85.8 (−0.2)"),
+          "BN 86.4 → 80.3 (−6.1), GN 86.0 → 85.8 (−0.2)", figure=_small_batch_figure),
     Claim("C6", "placement", "BN goes after the convolution, before the activation",
-          ("placement",), placement_rule),
+          ("placement",), placement_rule, figure=_placement_figure),
     Claim("C7", "stats", "μ_B and σ²_B are per-channel vectors over the batch", (),
-          statistics_rule),
+          statistics_rule, figure=_statistics_figure),
     Claim("C8", "sequences", "BN suits variable-length sequences badly; LN suits them",
-          ("sequences",), sequence_rule),
+          ("sequences",), sequence_rule, figure=_sequence_figure),
     Claim("C9", "alternatives", "GN sits between BN and LN and works in both regimes",
-          ("batch_size", "sequences"), alternatives_rule),
+          ("batch_size", "sequences"), alternatives_rule, figure=_alternatives_figure),
     Claim("C10", "mechanism", "BN works by reducing internal covariate shift", ("mechanism",),
           mechanism_rule, reference="Santurkar et al. 2018: BN nets show similar or "
-          "larger ICS, and a much smoother loss landscape"),
+          "larger ICS, and a much smoother loss landscape", figure=_mechanism_figure),
 )
 
 # Every experiment a claim names: in a `bnlab reproduce` directory each is a sweep
@@ -703,221 +824,3 @@ def evaluate(runs: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> list[Ver
         else:
             out.append(claim.rule(_runs_of(claim, runs)))
     return out
-
-
-# ---------------------------------------------------------------- the report
-
-def _errorbars(ax, runs: pd.DataFrame, by: str, metrics: tuple[str, ...],
-               labels: tuple[str, ...]) -> None:
-    """Mean and 95% interval of each metric (x positions) per value of `by` (colors)."""
-    from bnlab import analysis
-
-    groups = runs[by].nunique()
-    for x, metric in enumerate(metrics):
-        table = analysis.aggregate(runs, by, metric)
-        for offset, row in enumerate(table.itertuples()):
-            ax.errorbar(x + 0.15 * offset, row.mean, fmt="o", capsize=3,
-                        yerr=[[row.mean - row.ci_low], [row.ci_high - row.mean]],
-                        color=f"C{offset}", label=getattr(row, by) if x == 0 else None)
-    middle = 0.075 * (groups - 1)  # each metric's label under the middle of its group
-    ax.set_xticks([middle + x for x in range(len(metrics))], labels)
-    ax.set_xlim(-0.3, len(metrics) - 1 + 2 * middle + 0.3)
-    ax.set_ylabel("accuracy")
-    ax.legend(title=by.replace("_", " "))
-    ax.grid(alpha=0.3)
-
-
-def _figure(verdict: Verdict, path) -> bool:
-    """The claim's figure, drawn from the runs its rule compared."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bnlab import analysis
-
-    runs = verdict.runs
-    drawn_from_details = ("C7", "C9")  # a computation, and two experiments' estimates
-    if (runs is None and verdict.claim not in drawn_from_details) or verdict.claim not in (
-            "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "C10"):
-        return False
-    models = (list(dict.fromkeys(runs["model"])) if runs is not None and "model" in runs
-              else [None])
-    panels = (len(models) if verdict.claim == "C5"
-              else 2 if verdict.claim in ("C7", "C8", "C10") else 1)
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
-    ax = axes[0, 0]
-    try:
-        if verdict.claim == "C5":
-            for ax, model in zip(axes[0], models, strict=True):
-                group = runs if model is None else runs[runs["model"] == model]
-                analysis.plot_vs_batch_size(group[group["norm"] != "none"], ax=ax)
-                ax.set_title(f"{model}" if model else "")
-            fig.suptitle(f"C5: {verdict.verdict} (normalization batch = SGD batch)")
-        elif verdict.claim == "C2":
-            analysis.plot_lr_sensitivity(runs[runs["norm"].isin(("bn", "none"))], ax=ax)
-        elif verdict.claim == "C3":
-            _errorbars(ax, runs, "norm", ("train_accuracy", "test_accuracy"),
-                       ("train (last log)", "test"))
-        elif verdict.claim == "C10":
-            curves = pd.concat([analysis.load_curves(p) for p in runs["path"]])
-            layers = {f"ics/{name}" for name in verdict.details["layers"]}
-            ics = curves[curves["metric"].isin(layers)]
-            ics = ics.groupby(["run", "norm", "step"], as_index=False)["value"].mean()
-            analysis.plot_curves(ics.assign(metric="relative ICS"), "relative ICS", ax=ax)
-            ax.set_title("internal covariate shift ‖G − G′‖/‖G‖")
-            analysis.plot_curves(curves, "landscape/beta", ax=axes[0, 1], log_y=True)
-            axes[0, 1].set_title("effective β-smoothness (lower: smoother)")
-            fig.suptitle(f"C10: {verdict.verdict}")
-        elif verdict.claim == "C8":
-            groups = _sequence_norms(runs)
-            labelled = pd.concat([g.assign(normalization=n) for n, g in groups.items()])
-            _errorbars(ax, labelled, "normalization", ("test_accuracy",), ("test",))
-            ax.set_title("test accuracy, padded sequences")
-            changed = verdict.details["predictions_changed_by_more_padding"]
-            names = list(changed["as evaluated"])
-            right = axes[0, 1]
-            for offset, (label, values) in enumerate(changed.items()):
-                bars = right.bar([i + 0.4 * offset for i in range(len(names))],
-                                 [100 * values.get(n, math.nan) for n in names], width=0.4,
-                                 label=label)
-                right.bar_label(bars, fmt="%.1f", fontsize=7)
-            right.set_xticks([i + 0.2 for i in range(len(names))], names)
-            right.set_ylabel("% of test predictions")
-            right.set_title("predictions changed by padding 28 → 56 steps")
-            right.legend()
-            fig.suptitle(f"C8: {verdict.verdict}")
-        elif verdict.claim == "C7":
-            for ax, (name, values) in zip(axes[0], verdict.details["per_channel"].items(),
-                                          strict=True):
-                channels = range(len(values["formula"]))
-                ax.bar([c - 0.2 for c in channels], values["bnlab"], width=0.4,
-                       label="bnlab BatchNorm")
-                ax.bar([c + 0.2 for c in channels], values["formula"], width=0.4,
-                       label="formula (NumPy, float64)")
-                ax.set_xticks(list(channels), [f"channel {c}" for c in channels])
-                ax.set_title(f"{'μ_B' if name == 'mean' else 'σ²_B'} per channel")
-                ax.legend()
-            fig.suptitle(f"C7: {verdict.verdict} (largest difference "
-                         f"{verdict.details['max_abs_difference']:.1e})")
-        elif verdict.claim == "C9":
-            shortfalls = verdict.details["shortfalls"]
-            for y, e in enumerate(shortfalls.values()):
-                low = 0.0 if math.isnan(e["low"]) else e["value"] - e["low"]
-                high = 0.0 if math.isnan(e["high"]) else e["high"] - e["value"]
-                ax.errorbar(100 * e["value"], y, xerr=[[100 * low], [100 * high]], fmt="o",
-                            capsize=3, color="C2")
-            ax.axvline(100 * verdict.details["works_margin"], color="k", ls="--", lw=1,
-                       label="works: below this")
-            ax.axvline(0, color="gray", lw=0.5)
-            ax.set_yticks(range(len(shortfalls)), list(shortfalls), fontsize=8)
-            ax.set_xlabel("GN's shortfall (accuracy points, 95% interval)")
-            ax.legend()
-        elif verdict.claim == "C6":
-            _errorbars(ax, runs, "norm_placement", ("test_accuracy",), ("test",))
-        elif verdict.claim == "C1":
-            curves = pd.concat([analysis.load_curves(p, ("test_accuracy",))
-                                for p in runs["path"]])
-            analysis.plot_curves(curves, "test_accuracy", ax=ax)
-            ax.axhline(verdict.details["target_accuracy"], color="k", ls="--", lw=1,
-                       label="target")
-            for norm, steps in verdict.details["mean_steps_to_target"].items():
-                ax.axvline(steps, ls=":", lw=1, color="C0" if norm == "bn" else "C1")
-            ax.legend()
-        else:
-            curves = pd.concat([analysis.load_curves(p) for p in runs["path"]])
-            analysis.plot_grad_norms(curves, ax=ax, layers="Conv|Dense")
-        if verdict.claim not in ("C5", "C7", "C8", "C10"):
-            ax.set_title(f"{verdict.claim}: {verdict.verdict}")
-        fig.savefig(path, dpi=80, bbox_inches="tight")
-        return True
-    finally:
-        plt.close(fig)
-
-
-def _format(estimate: Estimate | None) -> str:
-    if estimate is None:
-        return ""
-    return f"{estimate.value:.3g}" + ("" if math.isnan(estimate.low)
-                                      else f" [{estimate.low:.3g}, {estimate.high:.3g}]")
-
-
-def _detail_lines(details: dict[str, Any], indent: str = "") -> list[str]:
-    """The rule's details as a nested Markdown list, intervals written as intervals."""
-    lines = []
-    for key, value in details.items():
-        name = key.replace("_", " ")
-        if isinstance(value, dict) and {"value", "low", "high"} <= set(value):
-            lines.append(f"{indent}- {name}: {_format(Estimate(**value))}")
-        elif isinstance(value, dict):
-            lines.append(f"{indent}- {name}:")
-            lines += _detail_lines(value, indent + "  ")
-        elif isinstance(value, list) and not value:
-            continue
-        elif isinstance(value, list) and isinstance(value[0], dict):
-            for item in value:
-                lines.append(f"{indent}- {name}: {item.get('verdict', '')}")
-                lines += _detail_lines({k: v for k, v in item.items() if k != "verdict"},
-                                       indent + "  ")
-        elif isinstance(value, float):
-            lines.append(f"{indent}- {name}: {value:.4g}")
-        elif isinstance(value, list) and all(isinstance(v, float) for v in value):
-            lines.append(f"{indent}- {name}: " + ", ".join(f"{v:.4g}" for v in value))
-        else:
-            lines.append(f"{indent}- {name}: {value}")
-    return lines
-
-
-def write_report(workdir, out=None, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
-    """report.md, claims.json and a PNG per measured claim, in `out` (default: the
-    tracking directory itself), from the runs under `workdir`; trains nothing."""
-    from pathlib import Path
-
-    from bnlab import analysis
-
-    out = Path(out or workdir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = analysis.load_runs(workdir)
-    verdicts = evaluate(runs, claims)
-    about = tracking.SweepDir(workdir).read_reproduce()
-    header = f"{len(runs)} runs under `{workdir}`"
-    if about:
-        header += (f", `bnlab reproduce --scale {about['scale']}`"
-                   + (f" ({about['wall_s'] / 60:.1f} min)" if about.get("wall_s") else ""))
-    lines = ["# bnlab: the article's claims", "",
-             header + ". Intervals are 95% over seeds (Welch); each claim's section below "
-             "says what was compared.", "",
-             "| claim | verdict | effect | estimate [95% interval] | the article says |",
-             "|---|---|---|---|---|"]
-    sections = []
-    for claim, verdict in zip(claims, verdicts, strict=True):
-        figure = f"{claim.id}.png"
-        drawn = verdict.verdict != NOT_MEASURED and _figure(verdict, out / figure)
-        effect, estimate = verdict.effect, _format(verdict.estimate)
-        for other in verdict.details.get("other_models", []):  # C5 on each model it ran
-            effect += f"; {other['model']}: {other['verdict']}"
-            estimate += f"; {other['model']}: {_format(Estimate(**other['estimate']))}"
-        lines.append(f"| [{claim.id} {claim.short}](#{claim.id.lower()}) | {verdict.verdict} | "
-                     f"{effect} | {estimate} | {claim.text} |")
-        sections += ["", f"## {claim.id}", "", f"**{claim.text}** — {verdict.verdict}.", ""]
-        if verdict.verdict == NOT_MEASURED:
-            sections.append(f"Not measured: {verdict.effect}.")
-        else:
-            sections.append(f"Measured: {verdict.effect}: {_format(verdict.estimate)}.")
-        if claim.experiments:
-            sections.append("Experiments: " + ", ".join(f"`experiments/{e}.py`"
-                                                        for e in claim.experiments) + ".")
-        else:
-            sections.append("Computed when the report is written; nothing is trained.")
-        if claim.reference:
-            sections.append(f"Reference: {claim.reference}.")
-        if verdict.details:
-            sections += [""] + _detail_lines(verdict.details)
-        if drawn:
-            sections += ["", f"![{claim.id}]({figure})"]
-    # NaN (an interval that could not be computed) is written as null.
-    tracking.SweepDir(out).write_report("\n".join(lines + sections) + "\n", [
-        {"id": c.id, "text": c.text, "experiments": list(c.experiments),
-         "reference": c.reference, **v.jsonable()}
-        for c, v in zip(claims, verdicts, strict=True)])
-    return verdicts

@@ -442,18 +442,18 @@ def bench_command(argv: list[str]) -> int:
 
 
 def report_command(argv: list[str]) -> int:
-    """The claims' verdicts from a tracking directory (bnlab.claims), without training."""
+    """The claims' verdicts from a tracking directory (bnlab.report), without training."""
     if _wants_help(argv):
         raise _help("report")
     if len(argv) not in (2, 3):
         raise UsageError("usage: python -m bnlab report DIR [OUT_DIR]")
     folder = Path(argv[1])
-    from bnlab import claims, tracking
+    from bnlab import report, tracking
 
     if not folder.is_dir() or not tracking.find_runs(folder):
         raise UsageError(f"no runs under {folder}")
     out = Path(argv[2]) if len(argv) == 3 else folder
-    for verdict in claims.write_report(folder, out):
+    for verdict in report.write_report(folder, out):
         print(f"{verdict.claim:4} {verdict.verdict:14} {verdict.effect}")
     print("wrote {} and {}".format(*tracking.SweepDir(out).report_paths()))
     return 0

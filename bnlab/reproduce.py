@@ -1,5 +1,5 @@
 """`python -m bnlab reproduce`: the experiments behind the article's claims, at one
-of three sizes, then the report (`claims.write_report`).
+of three sizes, then the report (`report.write_report`).
 
 Each claim names its experiments (`claims.Claim.experiments`): sweep files under
 `experiments/` whose `get_config(scale)` and `get_sweep(scale)` size them. Every
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab import claims as claims_lib
-from bnlab import sweep, tracking
+from bnlab import report, sweep, tracking
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -78,5 +78,5 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
                               "claims": [c.id for c in claims], "host": socket.gethostname()})
     about["wall_s"] = wall
     tracking_dir.write_reproduce(about)
-    return claims_lib.write_report(workdir, workdir)
+    return report.write_report(workdir, workdir)
 

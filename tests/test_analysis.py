@@ -5,11 +5,12 @@ import subprocess
 import sys
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
 
-from bnlab import analysis, tracking
+from bnlab import analysis, stats, tracking
 
 matplotlib.use("Agg")
 
@@ -46,6 +47,32 @@ def test_aggregate_matches_hand_computed_intervals():
         analysis.aggregate(frame, "depth")
 
 
+def test_aggregate_interval_is_the_one_group_contrast():
+    # One t-interval in bnlab: a group's is stats.contrast of its values with
+    # coefficient 1, where Welch–Satterthwaite's ν reduces to n-1.
+    values = [0.80, 0.90, 0.85, 0.83]
+    estimate = stats.contrast([(1, np.array(values))])
+    assert estimate.dof == pytest.approx(3)
+    half = stats.t_quantile(0.975, 3) * np.std(values, ddof=1) / math.sqrt(4)
+    assert (estimate.low, estimate.high) == pytest.approx((np.mean(values) - half,
+                                                           np.mean(values) + half))
+    row = analysis.aggregate(pd.DataFrame({"norm": "bn", "test_accuracy": values}),
+                             "norm").iloc[0]
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == (estimate.value, estimate.low,
+                                                           estimate.high)
+
+
+def test_analysis_and_claims_import_no_training_and_no_matplotlib():
+    # analysis reads tracking directories with pandas; the claims are judged without
+    # drawing (the report imports matplotlib when it draws a figure).
+    code = ("import sys; import bnlab.analysis, bnlab.claims; print(sorted(m for m in "
+            "('jax', 'matplotlib', 'bnlab.train', 'bnlab.sweep') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_load_runs_has_a_row_per_run_with_config_and_summary(sweep_dir):
     runs = analysis.load_runs(sweep_dir)
     assert len(runs) == 10
@@ -76,6 +103,21 @@ def test_load_curves_is_long_format(sweep_dir):
     losses = curves.query(pick + " and metric == 'train_loss'").sort_values("step")
     assert losses["step"].tolist() == [r["step"] for r in rows] == [5, 10]
     assert losses["value"].tolist() == pytest.approx([r["train_loss"] for r in rows])
+
+
+def test_load_curves_keeps_values_logged_as_null_only_when_asked(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    tracking.write_json_atomic(run_dir / "config.json", {"norm": "none"})
+    tracking.write_json_atomic(run_dir / "status.json", {"status": "done"})
+    (run_dir / "metrics.jsonl").write_text('{"step": 5, "ics/fc": 0.5, "ics/conv": null}\n'
+                                           '{"step": 10, "ics/fc": null, "ics/conv": null}\n')
+    assert analysis.load_curves(tmp_path)[["step", "metric", "value"]].values.tolist() == [
+        [5, "ics/fc", 0.5]]
+    logged = analysis.load_curves(tmp_path, missing=True)
+    assert logged[["step", "metric"]].values.tolist() == [
+        [5, "ics/fc"], [5, "ics/conv"], [10, "ics/fc"], [10, "ics/conv"]]
+    assert logged["value"].isna().tolist() == [False, True, True, True]
 
 
 def test_plots_draw_what_they_are_given(sweep_dir):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from bnlab import analysis, claims, tracking
+from bnlab import analysis, claims, stats, tracking
 
 
 def _write_runs(folder, rows):
@@ -43,12 +43,12 @@ NOISE = {0: -0.004, 1: 0.0, 2: 0.004}  # per seed: small, symmetric
 
 def test_contrast_matches_the_welch_interval_by_hand():
     # Equal sizes and variances: ν = 2(n-1) = 4; t(0.975, 4) = 2.7764451051977987.
-    estimate = claims.contrast([(1, np.array([1.0, 2.0, 3.0])), (-1, np.array([4.0, 5.0, 6.0]))])
+    estimate = stats.contrast([(1, np.array([1.0, 2.0, 3.0])), (-1, np.array([4.0, 5.0, 6.0]))])
     assert estimate.value == pytest.approx(-3.0)
     assert estimate.dof == pytest.approx(4.0)
     half = 2.7764451051977987 * math.sqrt(1 / 3 + 1 / 3)
     assert (estimate.low, estimate.high) == pytest.approx((-3 - half, -3 + half))
-    assert math.isnan(claims.contrast([(1, np.array([1.0])), (-1, np.array([2.0, 3.0]))]).low)
+    assert math.isnan(stats.contrast([(1, np.array([1.0])), (-1, np.array([2.0, 3.0]))]).low)
 
 
 @pytest.mark.parametrize("bn_small,verdict", [
@@ -311,3 +311,19 @@ def test_mechanism_verdicts(tmp_path, none_ics, verdict):
     assert result.details["smoothness_none_over_bn"]["beta"]["value"] == pytest.approx(2.0)
     if verdict == claims.SUPPORTED:
         assert result.estimate.value == pytest.approx(3.0, rel=0.01)
+
+
+def test_a_layer_logged_without_values_is_still_one_of_the_compared_layers(tmp_path):
+    # A no-norm run whose fc shift was NaN at every log (written as null) still logged
+    # fc: the layers compared are the ones every run logged, with a value or not.
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("bn", "none")))
+    for row in runs.to_dict("records"):
+        ics = 0.1 if row["norm"] == "bn" else 0.3
+        fc = None if (row["norm"], row["seed"]) == ("none", 0) else ics
+        metrics = [{"step": step, "ics/conv2": ics, "ics/fc": fc, "ics_cos/conv2": 0.9,
+                    "landscape/beta": 2.0} for step in (10, 20)]
+        (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
+            "".join(json.dumps(m) + "\n" for m in metrics))
+    result = claims.mechanism_rule(runs)
+    assert result.details["layers"] == ["conv2", "fc"]
+    assert result.estimate.value == pytest.approx(3.0)

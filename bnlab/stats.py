@@ -1,0 +1,54 @@
+"""Intervals over seeds: the one t-interval implementation. `analysis.aggregate`
+gives each group's mean with it, the claims' rules their effects (differences of
+means). NumPy and SciPy only, so that analysis and claims can both import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A linear combination of group means with its Welch 95% interval."""
+
+    value: float
+    low: float
+    high: float
+    dof: float
+
+    def jsonable(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def t_quantile(probability: float, dof: float) -> float:
+    """Student's t quantile (scipy)."""
+    from scipy import stats  # on the first interval: it takes most of a second to import
+
+    return float(stats.t.ppf(probability, dof))
+
+
+def contrast(groups: list[tuple[float, np.ndarray]], confidence: float = 0.95) -> Estimate:
+    """Σ cᵢ·mean(xᵢ) over independent groups (c, values), with the interval
+    ± t(ν)·√(Σ cᵢ² sᵢ²/nᵢ), ν by Welch–Satterthwaite. Non-finite values are left
+    out; NaN bounds when a group has fewer than two values. One group with c = 1 is
+    its mean with the Student interval mean ± t(n-1)·s/√n: ν reduces to n-1."""
+    value, variance, dof_denominator = 0.0, 0.0, 0.0
+    for coefficient, values in groups:
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values) < 2:
+            mean = float(values.mean()) if len(values) else math.nan
+            return Estimate(value + coefficient * mean, math.nan, math.nan, math.nan)
+        term = coefficient**2 * values.var(ddof=1) / len(values)
+        value += coefficient * values.mean()
+        variance += term
+        dof_denominator += term**2 / (len(values) - 1)
+    if variance == 0:
+        return Estimate(value, value, value, math.inf)
+    dof = variance**2 / dof_denominator
+    half = t_quantile(0.5 + confidence / 2, dof) * math.sqrt(variance)
+    return Estimate(value, value - half, value + half, dof)
