@@ -424,8 +424,8 @@ def bench_command(argv: list[str]) -> int:
     from bnlab import bench, config, models, norms, tracking
 
     for model in flag_values.models:
-        if model not in models._MODELS:
-            raise config.ConfigError("models", model, f"allowed: {', '.join(models._MODELS)}")
+        if model not in models.MODELS:
+            raise config.ConfigError("models", model, f"allowed: {', '.join(models.MODELS)}")
     for norm in flag_values.norms:
         norms.make(norm, **({"num_groups": 8} if norm == "gn" else {}))
     if flag_values.out and not Path(flag_values.out).parent.is_dir():

@@ -8,13 +8,6 @@ from typing import Any
 
 import ml_collections
 
-NORMS = ("bn", "ln", "in", "gn", "none")
-MODELS = ("simple_cnn", "resnet20", "plain_cnn", "mlp", "seq_cnn")
-DATASETS = ("fashion_mnist", "synthetic", "cifar10", "<any tfds name>")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
-PLACEMENTS = ("before_activation", "after_activation")
-DTYPES = ("float32", "bfloat16")
 CPU_FUSIONS = ("auto", "xla", "ynnpack")  # see bnlab/fast/xla_cpu.py
 
 
@@ -52,18 +45,23 @@ def _positive_int(config, field: str) -> None:
     _require(config, field, isinstance(value, int) and value > 0, "must be a positive integer")
 
 
+def _one_of(config, field: str, registry) -> None:
+    _require(config, field, config[field] in registry, f"allowed: {', '.join(registry)}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Static checks of every field a run reads. Shape checks (e.g. GN groups vs the
-    channels of each layer) happen when the model is traced, see `train.prepare`."""
-    _require(config, "norm", config.norm in NORMS, f"allowed: {', '.join(NORMS)}")
-    _require(config, "model", config.model in MODELS, f"allowed: {', '.join(MODELS)}")
-    _require(config, "optimizer", config.optimizer in OPTIMIZERS,
-             f"allowed: {', '.join(OPTIMIZERS)}")
-    _require(config, "schedule", config.schedule in SCHEDULES,
-             f"allowed: {', '.join(SCHEDULES)}")
-    _require(config, "norm_placement", config.norm_placement in PLACEMENTS,
-             f"allowed: {', '.join(PLACEMENTS)}")
-    _require(config, "dtype", config.dtype in DTYPES, f"allowed: {', '.join(DTYPES)}")
+    """Static checks of every field a run reads. The names a field allows come from
+    the registry of what it names (norms, models, optimizers, schedules), a model's
+    own fields from the model (`models.options`). Shape checks (e.g. GN groups vs
+    the channels of each layer) happen when the model is traced, see `train.prepare`."""
+    from bnlab import models, norms, optim  # the registries (they import JAX)
+
+    _one_of(config, "norm", norms.LAYERS)
+    _one_of(config, "model", models.MODELS)
+    _one_of(config, "optimizer", optim.OPTIMIZERS)
+    _one_of(config, "schedule", optim.SCHEDULES)
+    _one_of(config, "norm_placement", models.PLACEMENTS)
+    _one_of(config, "dtype", models.DTYPES)
     for field in ("batch_size", "eval_batch_size", "log_every"):
         _positive_int(config, field)
     if config.num_steps is not None:
@@ -121,9 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _require(config, "step_boundaries",
                  all(0 < b < 1 for b in bounds) and list(bounds) == sorted(bounds),
                  "must be increasing fractions of the run in (0, 1)")
-    if config.model == "plain_cnn":
-        _require(config, "depth", isinstance(config.depth, int) and config.depth >= 3,
-                 "plain_cnn needs depth >= 3 (conv layers)")
+    models.options(config)
     # Sequences go to the sequence model and nothing else does.
     _require(config, "model", (config.model == "seq_cnn")
              == (config.dataset == "fashion_mnist_rows"),
@@ -134,23 +130,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _require(config, "mask_padding", config.parallel == "none"
                  and config.virtual_batch_size is None,
                  "masked BN runs on one device without ghost batches")
-
-
-def norm_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The `bnlab.norms.make` options a config asks for."""
-    options: dict[str, Any] = {"epsilon": config.norm_epsilon}
-    if config.norm == "bn":
-        options.update(momentum=config.bn_momentum,
-                       virtual_batch_size=config.virtual_batch_size)
-    elif config.norm == "gn":
-        # group_size, when set, overrides the default num_groups.
-        if config.group_size is not None:
-            options.update(group_size=config.group_size)
-        else:
-            options.update(num_groups=config.num_groups)
-    elif config.norm == "none":
-        options = {}
-    return options
 
 
 # The default config file every run starts from (configs/default.py).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -87,6 +87,8 @@ class SimpleCNN(nn.Module):
     same layers size themselves from other inputs (28×28×1 gives 32·7·7). Conv and
     linear layers keep their biases and PyTorch's default init, as the article's do."""
 
+    CONFIG: ClassVar[tuple[str, ...]] = ("norm_placement",)  # the config fields it reads
+
     num_classes: int = 10
     norm: str = "bn"
     norm_options: tuple = ()
@@ -142,6 +144,8 @@ class ResNet20(nn.Module):
     """CIFAR ResNet-20 (He et al. 2016 §4.2): 3 stages × 3 basic blocks at 16/32/64
     channels, option-A shortcuts, global average pool, fc. ~0.27 M parameters."""
 
+    CONFIG: ClassVar[tuple[str, ...]] = ("norm_placement",)
+
     num_classes: int = 10
     norm: str = "bn"
     norm_options: tuple = ()
@@ -174,6 +178,8 @@ class PlainCNN(nn.Module):
     2·width and 4·width channels (stride 2 entering stages 2 and 3), global
     average pool, fc. For the gradient claim: depth 10–50, bn vs none."""
 
+    CONFIG: ClassVar[tuple[str, ...]] = ("norm_placement", "depth", "width")
+
     num_classes: int = 10
     depth: int = 20
     width: int = 16
@@ -202,6 +208,8 @@ class PlainCNN(nn.Module):
 class MLP(nn.Module):
     """The BN paper's MNIST net (Ioffe & Szegedy 2015 §4.1): 3 hidden layers of 100
     sigmoid units, the norm before each sigmoid, small Gaussian initial weights."""
+
+    CONFIG: ClassVar[tuple[str, ...]] = ("norm_placement",)
 
     num_classes: int = 10
     hidden: tuple = (100, 100, 100)
@@ -232,6 +240,8 @@ class SequenceCNN(nn.Module):
     own channels, as in sequence models, and never see padding; BN's statistics are
     over batch and time, padding included (the naive way) or, with `mask_padding`,
     over the real steps only (masked BN)."""
+
+    CONFIG: ClassVar[tuple[str, ...]] = ("norm_placement", "mask_padding")
 
     num_classes: int = 10
     width: int = 64
@@ -267,10 +277,26 @@ class SequenceCNN(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(pooled)
 
 
-_MODELS: dict[str, type[nn.Module]] = {
+# The networks by config name: the one list of them (config.validate's too).
+MODELS: dict[str, type[nn.Module]] = {
     "simple_cnn": SimpleCNN, "resnet20": ResNet20, "plain_cnn": PlainCNN, "mlp": MLP,
     "seq_cnn": SequenceCNN,
 }
+PLACEMENTS = ("before_activation", "after_activation")  # `norm_placement`
+DTYPES = ("float32", "bfloat16")  # compute dtypes
+
+
+def options(config: Any) -> dict[str, Any]:
+    """The `make` options of `config.model` that a config sets (its `CONFIG`
+    fields), checked: a bad one is a `ConfigError`."""
+    chosen = {field: config[field] for field in MODELS[config.model].CONFIG}
+    if chosen.get("norm_placement", PLACEMENTS[0]) not in PLACEMENTS:
+        raise ConfigError("norm_placement", chosen["norm_placement"],
+                          f"allowed: {', '.join(PLACEMENTS)}")
+    depth = chosen.get("depth", 3)
+    if not (isinstance(depth, int) and depth >= 3):
+        raise ConfigError("depth", depth, f"{config.model} needs depth >= 3 (conv layers)")
+    return chosen
 
 
 def make(name: str, norm: str = "bn", num_classes: int = 10,
@@ -284,10 +310,10 @@ def make(name: str, norm: str = "bn", num_classes: int = 10,
     other options are the model's own fields (e.g. `depth` and `width` of plain_cnn,
     `norm_placement`).
     """
-    if name not in _MODELS:
-        raise ConfigError("model", name, f"allowed: {', '.join(_MODELS)}")
+    if name not in MODELS:
+        raise ConfigError("model", name, f"allowed: {', '.join(MODELS)}")
     norms.make(norm, **(norm_options or {}))  # fail on a bad norm before building
-    model = _MODELS[name]
+    model = MODELS[name]
     unknown = set(options) - (set(model.__dataclass_fields__) - {"parent", "name", "ops"})
     if unknown:
         raise ConfigError("model", name, f"takes no option(s) {', '.join(sorted(unknown))}")

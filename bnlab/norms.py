@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -79,6 +79,10 @@ class BatchNorm(nn.Module):
     averaged over them every step, so every replica holds the same running
     statistics whatever the sync (`parallel.Layout.bn_options` sets both).
     """
+
+    # Its options, and the config field each comes from (`options`).
+    CONFIG: ClassVar[dict[str, str]] = {"epsilon": "norm_epsilon", "momentum": "bn_momentum",
+                                        "virtual_batch_size": "virtual_batch_size"}
 
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -156,6 +160,8 @@ class BatchNorm(nn.Module):
 class LayerNorm(nn.Module):
     """LN over all of a sample's features: (H, W, C) for images, (C,) for vectors."""
 
+    CONFIG: ClassVar[dict[str, str]] = {"epsilon": "norm_epsilon"}
+
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
 
@@ -174,6 +180,8 @@ class LayerNorm(nn.Module):
 
 class InstanceNorm(nn.Module):
     """IN over (H, W) of each sample and channel."""
+
+    CONFIG: ClassVar[dict[str, str]] = {"epsilon": "norm_epsilon"}
 
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
@@ -195,7 +203,11 @@ class InstanceNorm(nn.Module):
 
 
 class GroupNorm(nn.Module):
-    """GN over (H, W) and each group of channels; give `num_groups` or `group_size`."""
+    """GN over (H, W) and each group of channels: `group_size` channels per group
+    when given, else `num_groups` groups."""
+
+    CONFIG: ClassVar[dict[str, str]] = {"epsilon": "norm_epsilon", "num_groups": "num_groups",
+                                        "group_size": "group_size"}
 
     num_groups: int | None = None
     group_size: int | None = None
@@ -203,15 +215,14 @@ class GroupNorm(nn.Module):
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
 
     def groups(self, channels: int) -> int:
-        if (self.num_groups is None) == (self.group_size is None):
-            raise ConfigError("num_groups", self.num_groups,
-                              "give exactly one of num_groups and group_size")
-        field, value = (("num_groups", self.num_groups) if self.num_groups is not None
-                        else ("group_size", self.group_size))
+        if self.num_groups is None and self.group_size is None:
+            raise ConfigError("num_groups", None, "give num_groups or group_size")
+        field, value = (("group_size", self.group_size) if self.group_size is not None
+                        else ("num_groups", self.num_groups))
         if value <= 0 or channels % value:
             raise ConfigError(field, value,
                               f"must divide the {channels} channels of every normalized layer")
-        return self.num_groups if self.num_groups is not None else channels // self.group_size
+        return channels // self.group_size if self.group_size is not None else self.num_groups
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -233,6 +244,8 @@ class GroupNorm(nn.Module):
 class Identity(nn.Module):
     """The no-norm baseline: keeps the same call signature, no parameters."""
 
+    CONFIG: ClassVar[dict[str, str]] = {}
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         return x
@@ -241,10 +254,17 @@ class Identity(nn.Module):
         return 0
 
 
-_LAYERS: dict[str, type[nn.Module]] = {
+# The norms by config name: the one list of them (config.validate's too).
+LAYERS: dict[str, type[nn.Module]] = {
     "bn": BatchNorm, "ln": LayerNorm, "in": InstanceNorm, "gn": GroupNorm, "none": Identity,
 }
-NORM_LAYERS = tuple(_LAYERS.values())
+NORM_LAYERS = tuple(LAYERS.values())
+
+
+def options(config: Any) -> dict[str, Any]:
+    """The `make` options of `config.norm` that a config sets: each layer's
+    `CONFIG` says which fields it reads."""
+    return {option: config[field] for option, field in LAYERS[config.norm].CONFIG.items()}
 
 
 def make(name: str, normalize: Normalize | None = None, **options: Any) -> nn.Module:
@@ -256,9 +276,9 @@ def make(name: str, normalize: Normalize | None = None, **options: Any) -> nn.Mo
     `normalize`: a faster computation of the formula (`bnlab.fast`) for the
     layers that normalize; None: the formula itself.
     """
-    if name not in _LAYERS:
-        raise ConfigError("norm", name, f"allowed: {', '.join(_LAYERS)}")
-    layer = _LAYERS[name]
+    if name not in LAYERS:
+        raise ConfigError("norm", name, f"allowed: {', '.join(LAYERS)}")
+    layer = LAYERS[name]
     unknown = set(options) - (set(layer.__dataclass_fields__) - {"parent", "name", "normalize"})
     if unknown:
         raise ConfigError("norm", name, f"takes no option(s) {', '.join(sorted(unknown))}")

@@ -37,16 +37,24 @@ def spec_from_config(config: ml_collections.ConfigDict, total_steps: int) -> Opt
                          config.step_decay, config.decay_norm_params)
 
 
+def _step_schedule(spec: OptimizerSpec) -> optax.Schedule:
+    return optax.piecewise_constant_schedule(
+        1.0, {int(b * spec.total_steps) - spec.warmup_steps: spec.step_decay
+              for b in spec.step_boundaries})
+
+
+# The schedules by config name, each the rate's shape after warmup (peak 1).
+SCHEDULES: dict[str, Any] = {
+    "constant": lambda spec: optax.constant_schedule(1.0),
+    "cosine": lambda spec: optax.cosine_decay_schedule(
+        1.0, max(1, spec.total_steps - spec.warmup_steps)),
+    "step": _step_schedule,
+}
+
+
 def schedule_factor(spec: OptimizerSpec) -> optax.Schedule:
     """The learning rate's shape over steps, peaking at 1; the base rate multiplies it."""
-    if spec.schedule == "constant":
-        main = optax.constant_schedule(1.0)
-    elif spec.schedule == "cosine":
-        main = optax.cosine_decay_schedule(1.0, max(1, spec.total_steps - spec.warmup_steps))
-    else:
-        main = optax.piecewise_constant_schedule(
-            1.0, {int(b * spec.total_steps) - spec.warmup_steps: spec.step_decay
-                  for b in spec.step_boundaries})
+    main = SCHEDULES[spec.schedule](spec)
     if spec.warmup_steps == 0:
         return main
     warmup = optax.linear_schedule(0.0, 1.0, spec.warmup_steps)
@@ -63,6 +71,16 @@ def _decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+# The optimizers by config name: each its transformations before the schedule,
+# given the weight decay's. SGD adds the decay to the gradient before momentum (as
+# PyTorch does); AdamW applies it after Adam's scaling (decoupled).
+OPTIMIZERS: dict[str, Any] = {
+    "sgd": lambda spec, decay: [decay, optax.trace(decay=spec.momentum,
+                                                   nesterov=spec.nesterov)],
+    "adamw": lambda spec, decay: [optax.scale_by_adam(), decay],
+}
+
+
 def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     """SGD (PyTorch-style: weight decay added to the gradient before momentum) or
     AdamW (decoupled decay), with learning_rate and weight_decay as injected
@@ -71,11 +89,7 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     mask = None if spec.decay_norm_params else _decay_mask
 
     def build(learning_rate, weight_decay):
-        if spec.name == "sgd":
-            core = [optax.add_decayed_weights(weight_decay, mask),
-                    optax.trace(decay=spec.momentum, nesterov=spec.nesterov)]
-        else:
-            core = [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask)]
+        core = OPTIMIZERS[spec.name](spec, optax.add_decayed_weights(weight_decay, mask))
         return optax.chain(*core, optax.scale_by_schedule(factor),
                            optax.scale_by_learning_rate(learning_rate))
 

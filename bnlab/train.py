@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bnlab import config as config_lib
-from bnlab import data, fast, models, optim, parallel, probes, tracking
+from bnlab import data, fast, models, norms, optim, parallel, probes, tracking
 from bnlab.steps import (
     PackedSteps,
     TrainState,
@@ -69,14 +69,12 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     if len(train_set) < config.batch_size:
         raise config_lib.ConfigError("batch_size", config.batch_size,
                                      f"larger than the {len(train_set)} training examples")
-    norm_options = config_lib.norm_options(config)
+    # The config reaches the norm and the network as their options: each says
+    # which fields it reads (norms.LAYERS[...].CONFIG, models.MODELS[...].CONFIG).
+    norm_options = norms.options(config)
     if config.norm == "bn":
         norm_options.update(layout.bn_options())
-    model_options: dict[str, Any] = {"norm_placement": config.norm_placement}
-    if config.model == "plain_cnn":
-        model_options.update(depth=config.depth, width=config.width)
-    if config.model == "seq_cnn":
-        model_options.update(mask_padding=config.mask_padding)
+    model_options = models.options(config)
     # The fast kernels compute the math's numbers (within float32 rounding) for
     # this backend: chosen here, once, so every step of the run uses the same.
     model = models.make(config.model, norm=config.norm, num_classes=train_set.num_classes,

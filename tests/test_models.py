@@ -134,3 +134,30 @@ def test_only_naive_bn_depends_on_how_far_sequences_are_padded(norm, mask_paddin
                            train=True, mutable=["batch_stats"])[0] for steps in (28, 56)]
     difference = float(jnp.abs(outputs[0] - outputs[1]).max())
     assert (difference > 1e-2) if moves else (difference < 1e-5), difference
+
+
+def test_a_config_reaches_the_model_and_its_norm_as_their_options(small_config):
+    """Each network and norm says which config fields it reads (`CONFIG`); only
+    plain_cnn takes depth and width, only seq_cnn mask_padding, and GN's group_size
+    overrides num_groups."""
+    from bnlab import norms
+
+    config = small_config
+    config.update(model="plain_cnn", depth=5, width=8, norm="gn", num_groups=8, group_size=4)
+    assert models.options(config) == {"norm_placement": "before_activation", "depth": 5,
+                                      "width": 8}
+    layer = norms.make(config.norm, **norms.options(config))
+    assert (layer.groups(16), layer.epsilon) == (4, config.norm_epsilon)
+    config.group_size = None
+    assert norms.make(config.norm, **norms.options(config)).groups(16) == 8
+    config.update(norm="bn", bn_momentum=0.7, virtual_batch_size=4)
+    assert norms.options(config) == {"epsilon": config.norm_epsilon, "momentum": 0.7,
+                                     "virtual_batch_size": 4}
+    config.update(model="seq_cnn", mask_padding=True)
+    assert models.options(config) == {"norm_placement": "before_activation",
+                                      "mask_padding": True}
+    config.model = "simple_cnn"
+    assert models.options(config) == {"norm_placement": "before_activation"}
+    config.update(model="plain_cnn", depth=2)
+    with pytest.raises(ConfigError, match="plain_cnn needs depth >= 3"):
+        models.options(config)
