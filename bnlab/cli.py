@@ -178,12 +178,25 @@ def train_command(argv: list[str]) -> int:
     _enable_compilation_cache()
     prepared = train.prepare(config)  # every check, before the first write or compile
     run_dir = tracking.SweepDir(flag_values.workdir).run(train.run_name(config, overrides))
+    # The run is claimed as a sweep's worker claims it: a second `train` of the same
+    # run (or a sweep's worker) never trains it at the same time.
+    claimed = not run_dir.finished() and run_dir.claim("train")
+    if not claimed and not run_dir.finished():
+        owner = run_dir.owner() or {}
+        print(f"error: {run_dir.path} is being trained by pid {owner.get('pid', '?')} on "
+              f"{owner.get('host', '?')} ({tracking.CLAIM}); not started twice",
+              file=sys.stderr)
+        return 1
     if run_dir.finished():
         print(f"{run_dir.path}: finished before, not run again (remove the folder to rerun)")
         _print_summary(run_dir.summary())
         return 0
     print(f"run {run_dir.path}", flush=True)
-    summary = train.run_prepared(prepared, str(run_dir.path))
+    try:
+        with run_dir.heartbeat():
+            summary = train.run_prepared(prepared, str(run_dir.path))
+    finally:
+        run_dir.release()
     _print_summary(summary)
     return 0
 

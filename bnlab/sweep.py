@@ -4,8 +4,9 @@ from the tracking directory (docs/ARCHITECTURE.md).
 A sweep file defines `get_config()` (the base) and `get_sweep()` (a list of
 override dicts, built with `axis`, `product`, `zipped` and `chain`). Launching
 writes every run's directory with status `pending`; workers (local processes now,
-Slurm array tasks alike) walk the runs in order and claim each by creating
-`claim.json` exclusively, so two workers never run the same run. A finished run
+Slurm array tasks alike) walk the runs in order and claim each
+(`tracking.RunDir.claim`: claim.json, written under the run's lock), so two
+workers, or a worker and a `bnlab train`, never run the same run. A finished run
 (one with summary.json) is never run again; a claim whose owner died (same host,
 pid gone) or stopped beating is taken over, and the run restarts.
 """
@@ -24,7 +25,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,10 +34,6 @@ import ml_collections
 
 from bnlab import config as config_lib
 from bnlab import tracking
-
-# Workers touch their claims this often (tracking.STALE_AFTER_S: when one is dead).
-HEARTBEAT_S = 20.0
-
 
 # ---------------------------------------------------------------- grids
 
@@ -154,28 +150,6 @@ def write_plan(workdir: Path, runs: list[Run], meta: dict[str, Any]) -> str:
         {run.run_id: config_lib.flatten(run.config) for run in runs}, meta)
 
 
-# ---------------------------------------------------------------- claims
-
-class _Heartbeat:
-    """Touches the claim files while their runs train, so others see the owner alive."""
-
-    def __init__(self, *run_dirs: tracking.RunDir):
-        self.run_dirs, self.stop = run_dirs, threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self):
-        while not self.stop.wait(HEARTBEAT_S):
-            for run_dir in self.run_dirs:
-                run_dir.touch_claim()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-
-
 # ---------------------------------------------------------------- workers
 
 def config_from_dir(run_dir: tracking.RunDir) -> ml_collections.ConfigDict:
@@ -255,7 +229,7 @@ def _run_one(workdir: Path, run_id: str, launch_id: str) -> None:
     sweep_dir.log_event(event="start", run=run_id, launch=launch_id)
     outcome = "failed"
     try:
-        with _Heartbeat(run_dir):
+        with run_dir.heartbeat():
             summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir.path))
         outcome = summary["status"]
     except Exception as error:
@@ -274,7 +248,7 @@ def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
         sweep_dir.log_event(event="start", run=run_id, launch=launch_id, packed=len(run_ids))
     outcomes = ["failed"] * len(run_ids)
     try:
-        with _Heartbeat(*run_dirs):
+        with tracking.Heartbeat(*run_dirs):
             summaries = train.train_packed([config_from_dir(d) for d in run_dirs],
                                            [str(d.path) for d in run_dirs])
         outcomes = [s["status"] for s in summaries]

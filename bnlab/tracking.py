@@ -11,6 +11,7 @@ without one did not finish, whatever its status.json says.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -146,9 +148,28 @@ CHECKPOINT = "checkpoint"
 RUNS, SWEEP, LAUNCHES, EVENTS = "runs", "sweep.json", "launches", "events.jsonl"
 REPRODUCE, REPORT, CLAIMS = "reproduce.json", "report.md", "claims.json"
 
+# Lock files: a run's claim is taken and released under its lock, a sweep's launches
+# recorded under the sweep's (flock: held by a process, let go when it dies).
+CLAIM_LOCK, SWEEP_LOCK = ".claim.lock", ".sweep.lock"
+
 # A claim whose file has not been touched for this long belongs to a dead worker
-# (on another host, where its pid cannot be checked). Workers touch theirs every 20 s.
+# (on another host, where its pid cannot be checked). Owners touch theirs every
+# HEARTBEAT_S (`Heartbeat`).
 STALE_AFTER_S = 600.0
+HEARTBEAT_S = 20.0
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive flock on `path` (created if missing) for the block. Where the
+    filesystem has no locks (ENOLCK), the block runs unlocked, as before locks."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing lets the lock go
 
 
 def pid_alive(pid: int) -> bool:
@@ -218,6 +239,8 @@ class RunDir:
                 return read_json(self.path / SUMMARY)["status"]
         status = self.status()
         state = status.get("status", "pending")
+        if state in ("done", "diverged"):
+            return "interrupted"  # killed between its status and its summary
         if state != "running":
             return state
         if self._claim_file.exists():
@@ -240,56 +263,105 @@ class RunDir:
                       error=status.get("error") or repr(error))
         write_json_atomic(self.path / STATUS, status)
 
-    def claim_is_stale(self) -> bool:
+    def owner(self) -> dict[str, Any] | None:
+        """Who holds the run (claim.json: host, pid, launch), or None when nobody
+        does; {} for a claim that cannot be read."""
         try:
             owner = read_json(self._claim_file)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def claim_is_stale(self) -> bool:
+        """Whether the claim's owner is gone: a dead pid on this host; on another, a
+        claim untouched for `STALE_AFTER_S`. A claim that cannot be read is judged by
+        its age too (claims are written whole under the lock: an unreadable one was
+        left by a writer that died, or by a full disk)."""
+        owner = self.owner()
+        try:
             age = time.time() - self._claim_file.stat().st_mtime
-        except (OSError, json.JSONDecodeError):
-            return False  # being written or just released: not ours to judge
-        if owner.get("host") == socket.gethostname():
-            return not pid_alive(int(owner.get("pid", -1)))
+        except OSError:
+            return False  # just released: nothing to take over
+        if owner and owner.get("host") == socket.gethostname():
+            return not pid_alive(_int(owner.get("pid")))
         return age > STALE_AFTER_S
 
+    def _mine(self, owner: dict[str, Any] | None) -> bool:
+        return bool(owner) and owner.get("host") == socket.gethostname() and _int(
+            owner.get("pid")) == os.getpid()
+
     def claim(self, launch_id: str) -> bool:
-        """Claims the run for this process by creating claim.json exclusively; True
-        if it is ours to run now. A stale claim is taken over."""
+        """Claims the run for this process; True if it is ours to run now. Under the
+        run's lock: a finished run is never claimed, a live owner's claim is left,
+        a stale one is taken over; so two workers never both win a run."""
         if self.finished():
             return False
-        claim = self._claim_file
-        if claim.exists():
-            if not self.claim_is_stale():
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path / CLAIM_LOCK):
+            if self.finished():
                 return False
-            stale = self.path / f".claim.stale.{os.getpid()}"
-            try:  # one taker wins the rename; the others find no file to move
-                os.rename(claim, stale)
-            except FileNotFoundError:
+            owner = self.owner()
+            # Held by a live owner (this process included): not ours to take. Under
+            # the lock a claim is never half-written by a live worker, so an
+            # unreadable one was left by a dead one.
+            if owner and not self.claim_is_stale():
                 return False
-            stale.unlink(missing_ok=True)
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "launch": launch_id,
-                       "time": time.time()}, f)
-        if self.finished():  # finished between our look and our claim
-            claim.unlink(missing_ok=True)
-            return False
+            write_json_atomic(self._claim_file, {
+                "host": socket.gethostname(), "pid": os.getpid(), "launch": launch_id,
+                "time": time.time()})
         return True
 
     def release(self) -> None:
-        self._claim_file.unlink(missing_ok=True)
+        """Gives the run up, if this process holds it (never another's claim)."""
+        if not self._claim_file.exists():
+            return
+        with _locked(self.path / CLAIM_LOCK):
+            if self._mine(self.owner()):
+                self._claim_file.unlink(missing_ok=True)
 
     def touch_claim(self) -> None:
         """The owner's heartbeat: a claim untouched for `STALE_AFTER_S` is stale."""
         with contextlib.suppress(OSError):
             os.utime(self._claim_file)
 
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(self)
+
     def writer(self, active: bool = True) -> RunWriter:
         return RunWriter(self.path, active=active)
 
     def checkpoints(self, active: bool = True) -> Checkpoints:
         return Checkpoints(self.path, active=active)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+class Heartbeat:
+    """Touches the runs' claims every `HEARTBEAT_S` while they train (a context
+    manager), so that other hosts see their owner alive."""
+
+    def __init__(self, *run_dirs: RunDir):
+        self.run_dirs, self.stop = run_dirs, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            for run_dir in self.run_dirs:
+                run_dir.touch_claim()
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
 
 
 class SweepDir:
@@ -309,11 +381,14 @@ class SweepDir:
         (self.path / RUNS).mkdir(parents=True, exist_ok=True)
         (self.path / LAUNCHES).mkdir(exist_ok=True)
         sweep_path = self.path / SWEEP
-        sweep = read_json(sweep_path) if sweep_path.is_file() else {"launches": []}
         launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        sweep.update({k: v for k, v in meta.items() if k != "launch"})
-        sweep["launches"].append({"id": launch_id, **meta.get("launch", {}), "runs": len(runs)})
-        write_json_atomic(sweep_path, sweep)
+        # Read, add, write under the sweep's lock: concurrent launches keep every entry.
+        with _locked(self.path / SWEEP_LOCK):
+            sweep = read_json(sweep_path) if sweep_path.is_file() else {"launches": []}
+            sweep.update({k: v for k, v in meta.items() if k != "launch"})
+            sweep["launches"].append({"id": launch_id, **meta.get("launch", {}),
+                                      "runs": len(runs)})
+            write_json_atomic(sweep_path, sweep)
         for run_id, config in runs.items():
             self.run(run_id).write_pending(config)
         write_json_atomic(self.path / LAUNCHES / f"{launch_id}.json", {"runs": list(runs)})
