@@ -33,10 +33,7 @@ def load_runs(path: str | Path) -> pd.DataFrame:
     root = Path(path)
     rows = []
     for run_dir in tracking.find_runs(root):
-        try:
-            config = run_dir.config()
-        except (OSError, ValueError):
-            config = {}
+        config = run_dir.config()  # {} (warned) when damaged
         summary = run_dir.summary()
         status = summary.get("status") or run_dir.state()
         parent = run_dir.sweep_root()

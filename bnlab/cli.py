@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bnlab.config import CPU_FUSIONS, DEFAULT_CONFIG_FILE, ConfigError, flatten
 from bnlab.fast import heap
@@ -372,15 +373,19 @@ def ls_command(argv: list[str]) -> int:
     rows = []
     for run_dir in run_dirs:
         summary = run_dir.summary()
-        accuracy = summary.get("test_accuracy")
         rows.append((str(run_dir.path.relative_to(folder)), run_dir.state(),
-                     summary.get("step", ""), "" if accuracy is None else f"{accuracy:.4f}",
+                     summary.get("step", ""), _number(summary.get("test_accuracy"), ".4f"),
                      summary.get("sgd_batch_size", ""), summary.get("norm_batch_size", ""),
-                     "" if "wall_time_s" not in summary else f"{summary['wall_time_s']:.1f}"))
+                     _number(summary.get("wall_time_s"), ".1f")))
     widths = [max(len(str(x)) for x in column) for column in zip(columns, *rows, strict=True)]
     for row in (columns, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _number(value: Any, spec: str) -> str:
+    """A summary's number for the table; anything else (missing, damaged) as blank."""
+    return format(value, spec) if isinstance(value, int | float) else ""
 
 
 def _to_parquet(runs, path: Path) -> None:
@@ -535,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     # JAX's threads first allocate (bnlab/fast/heap.py); importing bnlab leaves it.
     heap.keep_freed_memory()
     try:
-        return COMMANDS[command]([f"bnlab {command}"] + argv[2:])
+        code = COMMANDS[command]([f"bnlab {command}"] + argv[2:])
+        sys.stdout.flush()  # a reader that has gone shows here, where it is handled
+        return code
     except HelpRequested as text:
         print(text)
         return 0
@@ -545,3 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bnlab ls DIR | head`: the reader has what it wanted
+        with open(os.devnull, "w") as devnull:  # Python's own flush at exit writes there
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return 0

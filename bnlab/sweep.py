@@ -155,6 +155,8 @@ def write_plan(workdir: Path, runs: list[Run], meta: dict[str, Any]) -> str:
 def config_from_dir(run_dir: tracking.RunDir) -> ml_collections.ConfigDict:
     """A run's config.json as the ConfigDict it was planned from."""
     flat = run_dir.config()
+    if not flat:
+        raise ValueError(f"{run_dir.path}: no readable config.json")
     return ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v
                                       for k, v in flat.items()})
 

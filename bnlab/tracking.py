@@ -72,18 +72,61 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
+_warned: set[str] = set()
+
+
+def _damaged(path: Path, why: str) -> None:
+    """One warning per damaged file and process, naming it; the reader goes on."""
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        print(f"warning: {path}: damaged ({why}); skipped", file=sys.stderr)
+
+
+def read_dict(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of the tracking directory: None when missing; {} with a
+    warning when damaged (not JSON, not UTF-8, or not an object)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:  # JSONDecodeError, UnicodeDecodeError
+        _damaged(Path(path), type(error).__name__)
+        return {}
+    if not isinstance(value, dict):
+        _damaged(Path(path), f"a JSON {type(value).__name__}, not an object")
+        return {}
+    return value
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl as a list; a torn last line (a killed writer) is skipped, and a
-    run that has not logged yet (no file) has no rows."""
-    rows = []
-    if not Path(path).is_file():
+    """metrics.jsonl as a list of rows, each an object with an integer `step`. A
+    torn last line (a killed writer) is skipped quietly; any other line that is not
+    such a row is skipped with a warning. No file (nothing logged yet): no rows."""
+    rows, bad = [], 0
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except FileNotFoundError:
         return rows
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    except OSError as error:
+        _damaged(Path(path), type(error).__name__)
+        return rows
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:
+            bad += i != last
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        _damaged(Path(path), f"{bad} line(s) that are not metrics rows")
     return rows
 
 
@@ -202,8 +245,10 @@ class RunDir:
         return (self.path / CONFIG).is_file() and (self.path / STATUS).is_file()
 
     def finished(self) -> bool:
-        """A run without summary.json did not finish, whatever its status says."""
-        return (self.path / SUMMARY).is_file()
+        """A run without a readable summary.json did not finish, whatever its status
+        says (a damaged summary is warned about, and the run runs again)."""
+        return (self.path / SUMMARY).is_file() and self.summary().get("status") in (
+            "done", "diverged")
 
     def sweep_root(self) -> Path:
         """The folder that holds this run: the sweep directory above `runs/`."""
@@ -211,22 +256,16 @@ class RunDir:
         return parent.parent if parent.name == RUNS else parent
 
     def config(self) -> dict[str, Any]:
-        """config.json (raises OSError or ValueError when it is missing or damaged)."""
-        return read_json(self.path / CONFIG)
+        """config.json; {} when missing or damaged (with a warning)."""
+        return read_dict(self.path / CONFIG) or {}
 
     def summary(self) -> dict[str, Any]:
-        """summary.json, or {} when the run has none (or it cannot be read)."""
-        try:
-            return read_json(self.path / SUMMARY)
-        except (OSError, json.JSONDecodeError):
-            return {}
+        """summary.json, or {} when the run has none (or, with a warning, a damaged one)."""
+        return read_dict(self.path / SUMMARY) or {}
 
     def status(self) -> dict[str, Any]:
-        """status.json, or {} when it is not there (yet): never a reason to crash."""
-        try:
-            return read_json(self.path / STATUS)
-        except (OSError, json.JSONDecodeError):
-            return {}
+        """status.json, or {} when it is not there (yet) or damaged: never a crash."""
+        return read_dict(self.path / STATUS) or {}
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path / METRICS)
@@ -235,8 +274,7 @@ class RunDir:
         """What the run is now: done or diverged (it has a summary), failed, pending,
         running (a live owner), or interrupted (said running, but its owner is gone)."""
         if self.finished():
-            with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
-                return read_json(self.path / SUMMARY)["status"]
+            return self.summary()["status"]
         status = self.status()
         state = status.get("status", "pending")
         if state in ("done", "diverged"):
@@ -250,8 +288,9 @@ class RunDir:
         return "interrupted"
 
     def write_pending(self, config: dict[str, Any]) -> None:
-        """A planned run: its config and status 'pending', unless it exists already."""
-        if not (self.path / CONFIG).is_file():
+        """A planned run: its config and status 'pending', unless it exists already
+        (with a config that can be read: a damaged one is planned anew)."""
+        if not self.config():
             self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.path / CONFIG, config)
             write_json_atomic(self.path / STATUS, {"status": "pending"})
@@ -265,7 +304,7 @@ class RunDir:
 
     def owner(self) -> dict[str, Any] | None:
         """Who holds the run (claim.json: host, pid, launch), or None when nobody
-        does; {} for a claim that cannot be read."""
+        does; {} for a claim that cannot be read (no warning: judged by its age)."""
         try:
             owner = read_json(self._claim_file)
         except FileNotFoundError:
@@ -384,7 +423,14 @@ class SweepDir:
         launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         # Read, add, write under the sweep's lock: concurrent launches keep every entry.
         with _locked(self.path / SWEEP_LOCK):
-            sweep = read_json(sweep_path) if sweep_path.is_file() else {"launches": []}
+            sweep = read_dict(sweep_path)
+            if sweep is not None and not isinstance(sweep.get("launches"), list):
+                # Damaged (warned): kept aside, not overwritten; the history restarts.
+                kept = sweep_path.with_name(f"{SWEEP}.damaged.{launch_id}")
+                os.replace(sweep_path, kept)
+                print(f"warning: kept the damaged {SWEEP} as {kept}", file=sys.stderr)
+                sweep = None
+            sweep = sweep or {"launches": []}
             sweep.update({k: v for k, v in meta.items() if k != "launch"})
             sweep["launches"].append({"id": launch_id, **meta.get("launch", {}),
                                       "runs": len(runs)})
@@ -410,8 +456,7 @@ class SweepDir:
 
     def read_reproduce(self) -> dict[str, Any]:
         """reproduce.json (what `bnlab reproduce` ran here), or {} before any."""
-        path = self.path / REPRODUCE
-        return read_json(path) if path.is_file() else {}
+        return read_dict(self.path / REPRODUCE) or {}
 
     def write_reproduce(self, about: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

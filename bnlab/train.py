@@ -133,10 +133,7 @@ def resumable_step(run_dir: tracking.RunDir, config, checkpoints) -> int | None:
     """The checkpoint step to resume from: an unfinished run of the same config."""
     if checkpoints is None or run_dir.finished():
         return None
-    try:
-        written = run_dir.config()
-    except (OSError, ValueError):
-        return None
+    written = run_dir.config()  # {} when missing or damaged: no match
     ours = tracking.jsonable(config_lib.identity(config))
     theirs = {k: v for k, v in written.items() if k not in config_lib.LAUNCH_FIELDS}
     if ours != theirs:

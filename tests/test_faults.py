@@ -170,3 +170,89 @@ def test_a_second_train_of_a_running_run_refuses_in_one_line(tmp_path):
     assert len(_metrics(tmp_path / "shared")) == 20
     (run,) = (tmp_path / "shared" / tracking.RUNS).iterdir()
     assert tracking.RunDir(run).state() == "done" and tracking.RunDir(run).owner() is None
+
+
+DAMAGE = {  # run → (file, bytes): each a probe's damage
+    "empty_summary": (tracking.SUMMARY, b""),
+    "list_summary": (tracking.SUMMARY, b"[]"),
+    "null_summary": (tracking.SUMMARY, b"null"),
+    "binary_config": (tracking.CONFIG, b"\x00\xff\xfe garbage"),
+    "list_config": (tracking.CONFIG, b"[1, 2]"),
+    "bad_utf8_metrics": (tracking.METRICS, b'\xff\xfe\n{"step": 5, "train_loss": 1.0}\n'),
+    "bare_number_metrics": (tracking.METRICS, b'5\n{"step": 5, "train_loss": 1.0}\n'),
+    "stepless_metrics": (tracking.METRICS, b'{}\n{"step": 5, "train_loss": 1.0}\n'),
+    "string_accuracy": (tracking.SUMMARY, b'{"status": "done", "test_accuracy": "high"}'),
+}
+
+
+def test_damaged_files_are_skipped_with_one_warning_each_never_a_traceback(tmp_path,
+                                                                           capsys):
+    """Probe 15: `ls`, `report` and a relaunched sweep ended in a traceback on any
+    of these. Now each damaged file is named in one warning, the rest is read, and
+    a relaunch trains again the runs whose summary or config it cannot read."""
+    from test_sweep import _sweep_file
+
+    workdir = tmp_path / "w"
+    sweep_file = _sweep_file(tmp_path, steps=10, rates=(0.01,))
+    first = subprocess.run([sys.executable, "-m", "bnlab", "sweep", str(sweep_file),
+                            f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (good,) = [run for run in (workdir / tracking.RUNS).iterdir() if "none" in run.name]
+    for name, (file, content) in DAMAGE.items():
+        damaged = workdir / tracking.RUNS / name
+        subprocess.run(["cp", "-r", str(good), str(damaged)], check=True)
+        (damaged / file).write_bytes(content)
+    (workdir / tracking.REPRODUCE).write_text('{"scale": "qu')  # truncated
+    summaries = {"empty_summary", "list_summary", "null_summary"}
+    configs = {"binary_config", "list_config"}
+    # ls reads summaries and statuses; report configs, summaries and reproduce.json.
+    for command, expected in ((["ls", str(workdir)], summaries),
+                              (["report", str(workdir)], summaries | configs | {"w"})):
+        done = subprocess.run([sys.executable, "-m", "bnlab", *command], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warned) == len(set(warned))  # one warning per file
+        named = {Path(line.split(":")[1].strip()).parent.name for line in warned}
+        # (the report's rules read some runs' metrics too: warned as below)
+        assert expected <= named <= expected | {n for n in DAMAGE if "metrics" in n}, named
+    # Metrics: every valid row is read, each damaged file named once.
+    from bnlab import analysis
+
+    curves = analysis.load_curves(workdir, metrics=["train_loss"])
+    for name in ("bad_utf8_metrics", "bare_number_metrics", "stepless_metrics"):
+        assert (curves[curves["run"] == name]["step"] == 5).sum() == 1
+    warned = [line for line in capsys.readouterr().err.splitlines() if tracking.METRICS in line]
+    assert sorted(Path(line.split(":")[1].strip()).parent.name for line in warned) == [
+        "bad_utf8_metrics", "bare_number_metrics", "stepless_metrics"], warned
+    listed = subprocess.run([sys.executable, "-m", "bnlab", "ls", str(workdir)], cwd=ROOT,
+                            env=ENV, capture_output=True, text=True).stdout
+    assert len(listed.splitlines()) == 1 + 2 + len(DAMAGE)
+    # The sweep file truncated too: the relaunch keeps it aside and goes on.
+    (workdir / tracking.SWEEP).write_text('{"launches": [{"id"')
+    again = subprocess.run([sys.executable, "-m", "bnlab", "sweep", str(sweep_file),
+                            f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert list(workdir.glob(f"{tracking.SWEEP}.damaged.*"))
+    assert len(tracking.read_json(workdir / tracking.SWEEP)["launches"]) == 1
+    for run in (workdir / tracking.RUNS).iterdir():
+        state = tracking.RunDir(run).state()
+        assert state in ("done", "diverged", "pending", "failed", "interrupted"), (run, state)
+
+
+def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path):
+    """Probe 15: `bnlab ls DIR | head` ended in a BrokenPipeError traceback. 4,000
+    runs (~100 kB of listing) overfill a pipe (64 kB), so the reader is gone before
+    the last write, however fast the writer."""
+    for i in range(4000):
+        run = tmp_path / tracking.RUNS / f"run{i:05d}"
+        run.mkdir(parents=True)
+        (run / tracking.CONFIG).write_text(json.dumps({"seed": i}))
+        (run / tracking.STATUS).write_text('{"status": "pending"}')
+    done = subprocess.run(f"{sys.executable} -m bnlab ls {tmp_path} | head -2", shell=True,
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+                          executable="/bin/bash")
+    assert done.stdout.splitlines()[1].split() == ["runs/run00000", "pending"]
+    assert done.stderr == "", done.stderr
