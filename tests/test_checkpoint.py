@@ -77,6 +77,7 @@ def test_a_changed_config_starts_afresh(checkpointed, tmp_path, monkeypatch):
     assert summary["resumed_from_step"] is None and summary["step"] == 40
 
 
+@pytest.mark.slow
 def test_a_killed_cli_run_resumes_when_relaunched(tmp_path):
     args = ["train", "--config.dataset=synthetic",
             "--config.batch_size=8", "--config.num_steps=600", "--config.log_every=20",

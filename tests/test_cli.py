@@ -15,6 +15,7 @@ SMALL = ["--config.train_size=256", "--config.num_steps=6", "--config.log_every=
          "--config.batch_size=16"]
 
 
+@pytest.mark.slow
 def test_train_writes_a_run_and_skips_it_when_finished(tmp_path):
     workdir = tmp_path / "w"
     args = ["train", "--config", "configs/default.py", "--config.norm=gn", *SMALL,

@@ -101,6 +101,7 @@ def test_runs_that_differ_in_shape_are_not_packed(synthetic_config, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_a_packed_sweep_writes_every_run_once_with_its_own_metrics(synthetic_config, tmp_path):
     # 2 norms × 3 learning rates: two packs of three.
     workdir = tmp_path / "w"
@@ -124,6 +125,7 @@ def test_a_packed_sweep_writes_every_run_once_with_its_own_metrics(synthetic_con
     assert all("packed" not in e for e in _events(tmp_path / "w2"))
 
 
+@pytest.mark.slow
 def test_a_vmapped_group_agrees_with_the_runs_alone_to_float32_rounding(small_config,
                                                                          tmp_path):
     """The accelerators' packing, one vmapped program, forced on this CPU: 4 members,
@@ -149,6 +151,7 @@ def test_a_vmapped_group_agrees_with_the_runs_alone_to_float32_rounding(small_co
                     assert abs(a[key] - b[key]) <= 1.0 / small_config.test_size + 1e-12
 
 
+@pytest.mark.slow
 def test_a_packed_sweep_killed_and_relaunched_equals_it_uninterrupted(tmp_path):
     """SIGKILL in the middle of a pack, past a checkpoint: the relaunch resumes the
     members (from their checkpoints, one by one) and every logged metric of every

@@ -75,6 +75,7 @@ def _assert_same(a, b, atol=2e-5, rtol=1e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_global_bn_equals_one_device_bn_over_the_whole_batch(mode):
     images, labels = _batch()
@@ -111,6 +112,7 @@ def _losses(config, workdir):
     return np.array([r["train_loss"] for r in rows]), summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync,ghost", [("global", None), ("local", 4), ("2", 8)])
 def test_twenty_steps_give_the_same_loss_curve_everywhere(small_config, tmp_path, sync, ghost):
     reference, ref_summary = _losses(_config(small_config, virtual_batch_size=ghost),
@@ -177,6 +179,7 @@ def test_ghost_batches_inside_each_device(tmp_path):
     _assert_same(result, reference)
 
 
+@pytest.mark.slow
 def test_the_cli_names_runs_by_both_batch_sizes(tmp_path):
     result = bnlab("train", "--config.parallel=shard_map", "--config.bn_sync=2",
                    "--config.batch_size=32", "--config.virtual_batch_size=2",
@@ -264,6 +267,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
     common = ["train", "--config.train_size=512", "--config.batch_size=32",
               "--config.num_steps=8", "--config.log_every=2", "--config.parallel=shard_map",

@@ -3,6 +3,7 @@ and the report they give is the one `bnlab report` rebuilds from the runs alone.
 
 import json
 
+import pytest
 from conftest import assert_one_line_error, bnlab
 
 from bnlab import analysis, claims, reproduce
@@ -10,6 +11,7 @@ from bnlab import analysis, claims, reproduce
 MEASURED = tuple(c.id for c in claims.CLAIMS)  # every claim has a rule and runs for it
 
 
+@pytest.mark.slow
 def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_path, capsys):
     workdir = tmp_path / "smoke"
     result = bnlab("reproduce", "--scale", "smoke", "--workdir", str(workdir), "--jobs", "1",

@@ -109,6 +109,7 @@ def test_a_learning_rate_sweep_compiles_its_train_step_once(synthetic_config, tm
     assert sweep_json["launches"][0]["id"] == launch
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     sweep_file = _sweep_file(tmp_path, steps=60)
     workdir = tmp_path / "w"
@@ -133,6 +134,7 @@ def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     assert len(tracking.read_json(workdir / "sweep.json")["launches"]) == 2
 
 
+@pytest.mark.slow
 def test_two_concurrent_sweeps_never_run_the_same_run(tmp_path):
     sweep_file = _sweep_file(tmp_path, steps=20, rates=(0.01, 0.02, 0.03, 0.05))
     workdir = tmp_path / "w"
