@@ -1,5 +1,9 @@
+import logging
 import os
+import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 # 8 simulated CPU devices for the cross-device tests; must precede the first JAX
@@ -10,7 +14,7 @@ from pathlib import Path
 # tolerances. Level 0 was faster still but moved a 20-step loss curve by 4e-4, past
 # the 1e-4 that test holds: not taken. XLA's HLO passes, which decide what is
 # computed, run either way.
-# Subprocesses (the CLI tests, the notebooks' kernels) inherit both.
+# Subprocesses (the CLI's process tests, the notebooks' kernels) inherit both.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_backend_optimization_level=1")
 
@@ -20,6 +24,74 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bnlab.config import load_config_file  # noqa: E402
+
+BNLAB = [sys.executable, "-m", "bnlab"]
+
+
+def bnlab(*args, timeout=300, **options) -> subprocess.CompletedProcess:
+    """`python -m bnlab ARGS` as a user runs it: a real process, from the repository
+    root. For what only a process shows: a run end to end, a kill, the interpreter's
+    own output, what is read at start-up. The rest goes through the `cli` fixture."""
+    return subprocess.run([*BNLAB, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **options)
+
+
+@dataclass
+class CliResult:
+    """What the tests read of a `subprocess.CompletedProcess`."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capfd, caplog, monkeypatch):
+    """`cli(*ARGS)`: `python -m bnlab ARGS` inside this process (bnlab.cli.main), for
+    what ends before a compile (bad input, help, dry runs, ls, report), without a new
+    interpreter's imports and JAX's start each call. As `bnlab()`: from the repository
+    root, output read at the file descriptors, and on stderr too what the process
+    would print there: warnings (under the interpreter's default filters) and log
+    records of level WARNING and up. A train command points JAX's persistent
+    compilation cache at ~/.cache/bnlab/xla before its checks: put back after each
+    call. What only a fresh process shows stays with `bnlab()`."""
+    import jax
+
+    from bnlab.cli import main
+
+    monkeypatch.chdir(ROOT)
+
+    def run(*args) -> CliResult:
+        capfd.readouterr()
+        caplog.clear()
+        cache_dir = jax.config.jax_compilation_cache_dir
+        try:
+            with warnings.catch_warnings(record=True) as shown:
+                warnings.resetwarnings()
+                for ignored in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                                ResourceWarning):
+                    warnings.simplefilter("ignore", ignored)
+                code = main(["bnlab", *map(str, args)])
+        except SystemExit as exit_:
+            code = 0 if exit_.code is None else exit_.code
+        finally:
+            jax.config.update("jax_compilation_cache_dir", cache_dir)
+        out, err = capfd.readouterr()
+        err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                       for w in shown)
+        err += "".join(f"{r.levelname}:{r.name}:{r.getMessage()}\n" for r in caplog.records
+                       if r.levelno >= logging.WARNING)
+        return CliResult(code, out, err)
+
+    return run
+
+
+def assert_one_line_error(result, message: str) -> None:
+    """Bad input: exit code 2, and on stderr one line, `error: ...` holding
+    `message` (no traceback, nothing else)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """bnlab.analysis: tracking directories as DataFrames, aggregation, plots, ls exports."""
 
 import math
-import subprocess
-import sys
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import assert_one_line_error
 
 from bnlab import analysis, stats, tracking
 
@@ -138,10 +136,9 @@ def test_plots_draw_what_they_are_given(sweep_dir):
     assert bn["position"].tolist() == list(range(6)) and (bn["mean"] > 0).all()
 
 
-def test_ls_exports_csv_and_parquet(sweep_dir, tmp_path):
+def test_ls_exports_csv_and_parquet(cli, sweep_dir, tmp_path):
     def ls(*args):
-        return subprocess.run([sys.executable, "-m", "bnlab", "ls", str(sweep_dir), *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        return cli("ls", str(sweep_dir), *args)
 
     result = ls("--format", "csv")
     assert result.returncode == 0, result.stderr
@@ -153,7 +150,5 @@ def test_ls_exports_csv_and_parquet(sweep_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     parquet = pd.read_parquet(tmp_path / "runs.parquet")
     assert sorted(parquet["run"]) == sorted(table["run"])
-    result = ls("--format", "parquet")
-    assert result.returncode == 2 and "needs --out" in result.stderr
-    result = ls("--format", "xml")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert_one_line_error(ls("--format", "parquet"), "needs --out")
+    assert_one_line_error(ls("--format", "xml"), "unknown --format 'xml'")

@@ -4,6 +4,8 @@ the fused norms move fewer bytes than the two-pass reference (XLA's own count)."
 import json
 import time
 
+import pytest
+
 from bnlab import bench
 
 
@@ -40,6 +42,7 @@ def test_norm_benchmark_counts_fewer_memory_passes_for_the_fused_norms():
     assert "passes" in bench.table([record])
 
 
+@pytest.mark.slow
 def test_step_benchmark_times_every_loop_against_the_plain_one():
     record = bench.step_benchmark("simple_cnn", "bn", 2, steps=4, steps_per_call=2,
                                   with_torch=False, cpu_fusion="ynnpack")

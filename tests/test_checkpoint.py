@@ -4,11 +4,10 @@ uninterrupted one does (same CPU, same config and seed: bit for bit)."""
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import BNLAB, ROOT, bnlab
 from tensorboard.backend.event_processing import event_accumulator
 
 from bnlab import data, tracking, train
@@ -78,12 +77,13 @@ def test_a_changed_config_starts_afresh(checkpointed, tmp_path, monkeypatch):
     assert summary["resumed_from_step"] is None and summary["step"] == 40
 
 
+@pytest.mark.slow
 def test_a_killed_cli_run_resumes_when_relaunched(tmp_path):
-    args = [sys.executable, "-m", "bnlab", "train", "--config.dataset=synthetic",
+    args = ["train", "--config.dataset=synthetic",
             "--config.batch_size=8", "--config.num_steps=600", "--config.log_every=20",
             "--config.checkpoint_every=100"]
     workdir = tmp_path / "killed"
-    process = subprocess.Popen([*args, f"--workdir={workdir}"], cwd=ROOT,
+    process = subprocess.Popen([*BNLAB, *args, f"--workdir={workdir}"], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -96,13 +96,11 @@ def test_a_killed_cli_run_resumes_when_relaunched(tmp_path):
     (run_dir,) = (workdir / "runs").iterdir()
     assert not (run_dir / "summary.json").exists()
 
-    relaunch = subprocess.run([*args, f"--workdir={workdir}"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
+    relaunch = bnlab(*args, f"--workdir={workdir}")
     assert relaunch.returncode == 0, relaunch.stderr[-2000:]
     summary = tracking.read_json(run_dir / "summary.json")
     assert summary["status"] == "done" and summary["resumed_from_step"] >= 100
-    whole = subprocess.run([*args, f"--workdir={tmp_path / 'whole'}"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+    whole = bnlab(*args, f"--workdir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-2000:]
     (whole_dir,) = (tmp_path / "whole" / "runs").iterdir()
     assert _rows(run_dir) == _rows(whole_dir)

@@ -3,12 +3,10 @@ known effects must give the matching verdict, NOT SUPPORTED and INCONCLUSIVE too
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import assert_one_line_error
 
 from bnlab import analysis, claims, stats, tracking
 
@@ -109,13 +107,12 @@ def test_claims_without_their_runs_are_not_measured(tmp_path):
     assert set(verdicts.values()) == {claims.NOT_MEASURED}
 
 
-def test_report_command_writes_report_json_and_figures(tmp_path):
+def test_report_command_writes_report_json_and_figures(cli, tmp_path):
     def accuracy(norm, batch, rate, seed):
         return (0.70 if norm == "bn" and batch == 2 else 0.85) + NOISE[seed]
 
     _write_runs(tmp_path / "w", _grid(accuracy, ("bn", "gn", "none"), sizes=(2, 32)))
-    result = subprocess.run([sys.executable, "-m", "bnlab", "report", str(tmp_path / "w")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = cli("report", tmp_path / "w")
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "w" / "claims.json").read_text())
     assert [c["id"] for c in written] == [c.id for c in claims.CLAIMS]
@@ -124,9 +121,7 @@ def test_report_command_writes_report_json_and_figures(tmp_path):
     report = (tmp_path / "w" / "report.md").read_text()
     assert "| [C5 small batch](#c5) | SUPPORTED |" in report and "(C5.png)" in report
     assert (tmp_path / "w" / "C5.png").stat().st_size > 1000
-    bad = subprocess.run([sys.executable, "-m", "bnlab", "report", str(tmp_path / "nope")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert_one_line_error(cli("report", tmp_path / "nope"), "no runs under")
 
 
 @pytest.mark.parametrize("none_spread,verdict", [

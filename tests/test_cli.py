@@ -1,27 +1,26 @@
-"""`python -m bnlab train` as a user runs it: real processes, real exit codes."""
+"""`python -m bnlab` as a user runs it: a real process where the process is the
+point (a run end to end, the interpreter's own output, the environment read at
+start-up), and `bnlab.cli.main` in this process for the input that fails before
+any compile or write, with the same exit codes and output."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, assert_one_line_error, bnlab
+
+from bnlab import cli as cli_lib
 
 SMALL = ["--config.train_size=256", "--config.num_steps=6", "--config.log_every=3",
          "--config.batch_size=16"]
 
 
-def _bnlab(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "bnlab", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
-
-
+@pytest.mark.slow
 def test_train_writes_a_run_and_skips_it_when_finished(tmp_path):
     workdir = tmp_path / "w"
     args = ["train", "--config", "configs/default.py", "--config.norm=gn", *SMALL,
             f"--workdir={workdir}"]
-    first = _bnlab(*args)
+    first = bnlab(*args)
     assert first.returncode == 0, first.stderr
     (run_dir,) = (workdir / "runs").iterdir()
     assert run_dir.name.startswith(
@@ -30,7 +29,7 @@ def test_train_writes_a_run_and_skips_it_when_finished(tmp_path):
     assert lines[0] == f"run {run_dir}"
     summary = json.loads(lines[-1])
     assert summary["status"] == "done" and summary["step"] == 6
-    second = _bnlab(*args)
+    second = bnlab(*args)
     assert second.returncode == 0 and "finished before" in second.stdout
     assert len(list((workdir / "runs").iterdir())) == 1
 
@@ -62,20 +61,30 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("overrides,message", BAD_INPUT)
-def test_bad_values_fail_in_one_line_before_writing(tmp_path, overrides, message):
+def test_bad_values_fail_in_one_line_before_writing(cli, tmp_path, overrides, message):
     workdir = tmp_path / "w"
-    result = _bnlab("train", "--config", "configs/default.py", *overrides,
-                    f"--workdir={workdir}")
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    result = cli("train", "--config", "configs/default.py", *overrides, f"--workdir={workdir}")
+    assert_one_line_error(result, message)
+    assert not workdir.exists()
+
+
+def test_a_bad_value_fails_in_one_line_in_a_real_process(tmp_path):
+    """As above, with all a user sees: nothing else on stderr from the interpreter's
+    start (imports, JAX's backend) or its end."""
+    overrides, message = BAD_INPUT[0]
+    workdir = tmp_path / "w"
+    result = bnlab("train", "--config", "configs/default.py", *overrides, f"--workdir={workdir}")
+    assert_one_line_error(result, message)
+    assert not result.stdout
     assert not workdir.exists()
 
 
 def test_missing_dataset_from_the_environment(tmp_path):
-    result = _bnlab("train", f"--workdir={tmp_path / 'w'}", env={"BNLAB_DATA_DIR": str(tmp_path)})
-    assert result.returncode == 2 and "Fashion-MNIST IDX files not found" in result.stderr
+    # A real process: a process loads Fashion-MNIST once (data.py caches it), so only
+    # a fresh one reads $BNLAB_DATA_DIR for sure.
+    result = bnlab("train", f"--workdir={tmp_path / 'w'}",
+                   env={**os.environ, "BNLAB_DATA_DIR": str(tmp_path)})
+    assert_one_line_error(result, "Fashion-MNIST IDX files not found")
     assert not (tmp_path / "w").exists()
 
 
@@ -85,28 +94,33 @@ def test_missing_dataset_from_the_environment(tmp_path):
     (["train", "--config", "configs/default.py"], "--workdir is required"),
     (["fly"], "unknown command 'fly'"),
 ])
-def test_bad_command_lines(args, message):
-    result = _bnlab(*args)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+def test_bad_command_lines(cli, args, message):
+    assert_one_line_error(cli(*args), message)
+
+
+def test_python_m_bnlab_help_lists_the_commands():
+    result = bnlab("--help")
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert result.stdout == cli_lib.USAGE + "\n"
+    for command in cli_lib.COMMANDS:
+        assert (f"\n  {command} " in result.stdout) == (not command.startswith("_")), command
 
 
 @pytest.mark.parametrize("command,shown", [
     ("train", "\n  --workdir: tracking directory\n"), ("sweep", "\n  --[no]dry_run: "),
     ("reproduce", "\n  --scale: <smoke|quick|full>: "), ("bench", "\n  --batch_sizes: "),
     ("ls", "[--format table|csv|parquet]"), ("report", "report DIR [OUT_DIR]")])
-def test_every_command_answers_help(command, shown):
-    result = _bnlab(command, "--help")
+def test_every_command_answers_help(cli, command, shown):
+    result = cli(command, "--help")
     assert result.returncode == 0 and not result.stderr, result.stderr
     assert result.stdout.startswith(f"usage: python -m bnlab {command}: ")
     assert shown in result.stdout and "bnlab.cli:" not in result.stdout
 
 
-def test_train_help_lists_every_config_field_with_its_value_and_comment(tmp_path):
+def test_train_help_lists_every_config_field_with_its_value_and_comment(cli, tmp_path):
     from bnlab.config import flatten, load_config_file
 
-    result = _bnlab("train", "--config.norm=gn", "--workdir", str(tmp_path / "w"), "-h")
+    result = cli("train", "--config.norm=gn", "--workdir", str(tmp_path / "w"), "-h")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     listed = [line.split("=")[0].strip()[len("--config."):] for line in lines
@@ -125,10 +139,7 @@ def test_train_help_lists_every_config_field_with_its_value_and_comment(tmp_path
     (["step", "--models", "vgg"], "config.models='vgg': allowed"),
     (["steps"], "unknown benchmark 'steps'"),
 ])
-def test_bench_rejects_bad_input_in_one_line(tmp_path, args, message):
+def test_bench_rejects_bad_input_in_one_line(cli, tmp_path, args, message):
     out = tmp_path / "bench.json"
-    result = _bnlab("bench", *args, "--out", str(out))
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert_one_line_error(cli("bench", *args, "--out", str(out)), message)
     assert not out.exists()

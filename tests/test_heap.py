@@ -57,6 +57,7 @@ def _faults(*cases: str) -> list[dict]:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_a_step_reuses_its_freed_temporaries_instead_of_faulting_them_in():
     kept, system, imported = _faults("keep", "system", "import")

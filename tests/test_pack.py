@@ -6,16 +6,14 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT
-from test_sweep import _assert_every_run_finished_once, _bnlab, _events, _sweep_file
+from conftest import BNLAB, ROOT, bnlab
+from test_sweep import _assert_every_run_finished_once, _events, _sweep_file
 
 from bnlab import steps as steps_lib
 from bnlab import sweep, tracking, train
-from bnlab.config import load_config_file
 
 # A packed member computes what it would compute alone: the same convolution, the
 # same fusion choice, its own batch order. On a CPU a group runs its members' own
@@ -103,11 +101,12 @@ def test_runs_that_differ_in_shape_are_not_packed(synthetic_config, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_a_packed_sweep_writes_every_run_once_with_its_own_metrics(tmp_path):
+@pytest.mark.slow
+def test_a_packed_sweep_writes_every_run_once_with_its_own_metrics(synthetic_config, tmp_path):
     # 2 norms × 3 learning rates: two packs of three.
     workdir = tmp_path / "w"
-    result = _bnlab("sweep", str(_sweep_file(tmp_path, steps=20)), "--workdir", str(workdir),
-                    "--pack", "--pack_on_cpu")
+    result = bnlab("sweep", str(_sweep_file(tmp_path, steps=20)), "--workdir", str(workdir),
+                   "--pack", "--pack_on_cpu", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     _assert_every_run_finished_once(workdir, 6)
     starts = [e for e in _events(workdir) if e["event"] == "start"]
@@ -118,15 +117,15 @@ def test_a_packed_sweep_writes_every_run_once_with_its_own_metrics(tmp_path):
         assert rows[0]["learning_rate"] == pytest.approx(config["learning_rate"])
     # Without pack_on_cpu, pack on a CPU backend runs them one by one.
     assert not train.packing_pays()
-    base = load_config_file(ROOT / "configs" / "default.py")
-    base.update(dataset="synthetic", batch_size=16, num_steps=4, log_every=2)
+    synthetic_config.update(batch_size=16, num_steps=4, log_every=2)
     launch = sweep.write_plan(tmp_path / "w2", sweep.plan(
-        base, sweep.axis("learning_rate", [0.01, 0.02])), {})
+        synthetic_config, sweep.axis("learning_rate", [0.01, 0.02])), {})
     sweep.work(tmp_path / "w2", launch, pack=True)
     _assert_every_run_finished_once(tmp_path / "w2", 2)
     assert all("packed" not in e for e in _events(tmp_path / "w2"))
 
 
+@pytest.mark.slow
 def test_a_vmapped_group_agrees_with_the_runs_alone_to_float32_rounding(small_config,
                                                                          tmp_path):
     """The accelerators' packing, one vmapped program, forced on this CPU: 4 members,
@@ -152,6 +151,7 @@ def test_a_vmapped_group_agrees_with_the_runs_alone_to_float32_rounding(small_co
                     assert abs(a[key] - b[key]) <= 1.0 / small_config.test_size + 1e-12
 
 
+@pytest.mark.slow
 def test_a_packed_sweep_killed_and_relaunched_equals_it_uninterrupted(tmp_path):
     """SIGKILL in the middle of a pack, past a checkpoint: the relaunch resumes the
     members (from their checkpoints, one by one) and every logged metric of every
@@ -159,11 +159,12 @@ def test_a_packed_sweep_killed_and_relaunched_equals_it_uninterrupted(tmp_path):
     sweep_file = _sweep_file(tmp_path, steps=150, rates=(0.01, 0.05, 0.2), eval_every=30,
                              checkpoint_every=40)
     flags = ["--pack", "--pack_on_cpu"]
-    reference = _bnlab("sweep", str(sweep_file), f"--workdir={tmp_path / 'ref'}", *flags)
+    reference = bnlab("sweep", str(sweep_file), f"--workdir={tmp_path / 'ref'}", *flags,
+                      timeout=600)
     assert reference.returncode == 0, reference.stderr[-2000:]
     workdir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "bnlab", "sweep", str(sweep_file),
-                                f"--workdir={workdir}", *flags], cwd=ROOT,
+    process = subprocess.Popen([*BNLAB, "sweep", str(sweep_file), f"--workdir={workdir}",
+                                *flags], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
 
@@ -181,7 +182,7 @@ def test_a_packed_sweep_killed_and_relaunched_equals_it_uninterrupted(tmp_path):
     process.wait(timeout=30)
     unfinished = [d for d in (workdir / "runs").iterdir() if not (d / "summary.json").exists()]
     assert unfinished
-    relaunch = _bnlab("sweep", str(sweep_file), f"--workdir={workdir}", *flags)
+    relaunch = bnlab("sweep", str(sweep_file), f"--workdir={workdir}", *flags, timeout=600)
     assert relaunch.returncode == 0, relaunch.stderr[-2000:]
     _assert_every_run_finished_once(workdir, 6)
     resumed = [d for d in unfinished

@@ -16,14 +16,13 @@ there would measure the chaos, not the statistics' scope.
 import os
 import socket
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import ROOT
+from conftest import BNLAB, ROOT, assert_one_line_error, bnlab
 
 from bnlab import data, fast, models, parallel, probes, tracking, train
 from bnlab import steps as steps_lib
@@ -76,6 +75,7 @@ def _assert_same(a, b, atol=2e-5, rtol=1e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_global_bn_equals_one_device_bn_over_the_whole_batch(mode):
     images, labels = _batch()
@@ -112,6 +112,7 @@ def _losses(config, workdir):
     return np.array([r["train_loss"] for r in rows]), summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync,ghost", [("global", None), ("local", 4), ("2", 8)])
 def test_twenty_steps_give_the_same_loss_curve_everywhere(small_config, tmp_path, sync, ghost):
     reference, ref_summary = _losses(_config(small_config, virtual_batch_size=ghost),
@@ -178,12 +179,11 @@ def test_ghost_batches_inside_each_device(tmp_path):
     _assert_same(result, reference)
 
 
+@pytest.mark.slow
 def test_the_cli_names_runs_by_both_batch_sizes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "bnlab", "train", "--config.parallel=shard_map",
-         "--config.bn_sync=2", "--config.batch_size=32", "--config.virtual_batch_size=2",
-         "--config.num_steps=2", "--config.train_size=64", f"--workdir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = bnlab("train", "--config.parallel=shard_map", "--config.bn_sync=2",
+                   "--config.batch_size=32", "--config.virtual_batch_size=2",
+                   "--config.num_steps=2", "--config.train_size=64", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     # Ghost batches of 2 in each device, pooled over groups of 2 devices: 4 examples.
@@ -256,12 +256,8 @@ def test_precise_bn_and_batch_statistics_against_numpy(small_config, mode):
      "config.virtual_batch_size=16: must divide the batch of 8"),
     (["--config.parallel=jit"], "config.parallel='jit': allowed: none, pmap, shard_map"),
 ])
-def test_layouts_that_cannot_run_fail_in_one_line(tmp_path, overrides, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "bnlab", "train", *overrides, f"--workdir={tmp_path / 'w'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+def test_layouts_that_cannot_run_fail_in_one_line(cli, tmp_path, overrides, message):
+    assert_one_line_error(cli("train", *overrides, f"--workdir={tmp_path / 'w'}"), message)
     assert not (tmp_path / "w").exists()
 
 
@@ -271,6 +267,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
     common = ["train", "--config.train_size=512", "--config.batch_size=32",
               "--config.num_steps=8", "--config.log_every=2", "--config.parallel=shard_map",
@@ -278,18 +275,15 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     workers = [subprocess.Popen(
-        [sys.executable, "-m", "bnlab", *common, f"--workdir={tmp_path / 'two'}",
+        [*BNLAB, *common, f"--workdir={tmp_path / 'two'}",
          f"--config.coordinator_address=127.0.0.1:{port}", "--config.num_processes=2",
          f"--config.process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err[-2000:]
-    single = subprocess.run([sys.executable, "-m", "bnlab", *common,
-                             f"--workdir={tmp_path / 'one'}"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300,
-                            env={**os.environ,
-                                 "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    single = bnlab(*common, f"--workdir={tmp_path / 'one'}",
+                   env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert single.returncode == 0, single.stderr[-2000:]
     (two_dir,) = (tmp_path / "two" / "runs").iterdir()  # process 1 wrote nothing of its own
     (one_dir,) = (tmp_path / "one" / "runs").iterdir()

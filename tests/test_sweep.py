@@ -9,7 +9,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import ROOT
+from conftest import BNLAB, ROOT, assert_one_line_error, bnlab
 
 from bnlab import steps as steps_lib
 from bnlab import sweep, tracking
@@ -39,11 +39,6 @@ def _sweep_file(tmp_path, steps=30, rates=(0.01, 0.02, 0.05), **fields):
     path = tmp_path / "sweep.py"
     path.write_text(SWEEP_FILE.format(root=ROOT, steps=steps, rates=list(rates), extra=extra))
     return path
-
-
-def _bnlab(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "bnlab", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, **kwargs)
 
 
 def _events(workdir):
@@ -92,20 +87,19 @@ def test_plan_validates_every_run_and_overrides_win(tmp_path):
     assert len(sweep.select(runs, limit=1)) == 1
 
 
-def test_dry_run_lists_runs_and_writes_nothing(tmp_path):
-    result = _bnlab("sweep", str(_sweep_file(tmp_path)), "--dry_run", f"--workdir={tmp_path}/w")
+def test_dry_run_lists_runs_and_writes_nothing(cli, tmp_path):
+    result = cli("sweep", str(_sweep_file(tmp_path)), "--dry_run", f"--workdir={tmp_path}/w")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == "6 runs" and lines[0].startswith("norm=bn,learning_rate=0.01-sgd16-nb16-")
     assert not (tmp_path / "w").exists()
 
 
-def test_a_learning_rate_sweep_compiles_its_train_step_once(tmp_path):
+def test_a_learning_rate_sweep_compiles_its_train_step_once(synthetic_config, tmp_path):
     steps_lib.step_functions.cache_clear()
-    base = load_config_file(ROOT / "configs" / "default.py")
-    base.update(dataset="synthetic", batch_size=16, num_steps=10, log_every=5, norm="none")
+    synthetic_config.update(batch_size=16, num_steps=10, log_every=5, norm="none")
     grid = sweep.axis("learning_rate", [0.01, 0.03, 0.1, 1e6])  # the last one diverges
-    runs = sweep.plan(base, grid)
+    runs = sweep.plan(synthetic_config, grid)
     launch = sweep.write_plan(tmp_path, runs, {})
     compiles = sweep.run_local(tmp_path, launch, jobs=1, progress=False)
     assert compiles["train_step"] == 1
@@ -115,10 +109,11 @@ def test_a_learning_rate_sweep_compiles_its_train_step_once(tmp_path):
     assert sweep_json["launches"][0]["id"] == launch
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     sweep_file = _sweep_file(tmp_path, steps=60)
     workdir = tmp_path / "w"
-    args = [sys.executable, "-m", "bnlab", "sweep", str(sweep_file), f"--workdir={workdir}"]
+    args = [*BNLAB, "sweep", str(sweep_file), f"--workdir={workdir}"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -132,17 +127,18 @@ def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     process.wait(timeout=30)
     states = sweep.statuses(workdir, [d.name for d in (workdir / "runs").iterdir()])
     assert states["done"] + states["diverged"] < 6
-    relaunch = _bnlab("sweep", str(sweep_file), f"--workdir={workdir}")
+    relaunch = bnlab("sweep", str(sweep_file), f"--workdir={workdir}", timeout=600)
     assert relaunch.returncode == 0, relaunch.stderr
     assert '"done": 6' in relaunch.stdout
     _assert_every_run_finished_once(workdir, 6)
     assert len(tracking.read_json(workdir / "sweep.json")["launches"]) == 2
 
 
+@pytest.mark.slow
 def test_two_concurrent_sweeps_never_run_the_same_run(tmp_path):
     sweep_file = _sweep_file(tmp_path, steps=20, rates=(0.01, 0.02, 0.03, 0.05))
     workdir = tmp_path / "w"
-    args = [sys.executable, "-m", "bnlab", "sweep", str(sweep_file), f"--workdir={workdir}",
+    args = [*BNLAB, "sweep", str(sweep_file), f"--workdir={workdir}",
             "--jobs=2"]
     sweeps = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True) for _ in range(2)]
@@ -176,14 +172,14 @@ def test_stale_claims_are_taken_over(tmp_path):
     assert run.claim_is_stale()
 
 
-def test_ls_prints_the_status_table(tmp_path):
-    base = load_config_file(ROOT / "configs" / "default.py")
-    base.update(dataset="synthetic", batch_size=16, num_steps=3, log_every=3)
+def test_ls_prints_the_status_table(cli, synthetic_config, tmp_path):
+    base = synthetic_config
+    base.update(batch_size=16, num_steps=3, log_every=3)
     runs = sweep.plan(base, sweep.axis("norm", ["bn", "gn"]))
     sweep.run_local(tmp_path, sweep.write_plan(tmp_path, runs, {}), 1, progress=False)
     pending = sweep.plan(base, sweep.axis("norm", ["ln"]))
     sweep.write_plan(tmp_path, pending, {})
-    result = _bnlab("ls", str(tmp_path))
+    result = cli("ls", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["run", "status", "step", "test_acc", "sgd", "nb", "wall_s"]
@@ -191,4 +187,4 @@ def test_ls_prints_the_status_table(tmp_path):
     assert table[f"runs/{runs[0].run_id}"][1:3] == ["done", "3"]
     assert table[f"runs/{runs[1].run_id}"][5] == "1"  # gn: per-example statistics
     assert table[f"runs/{pending[0].run_id}"][1] == "pending"
-    assert _bnlab("ls", str(tmp_path / "nothing")).returncode == 2
+    assert_one_line_error(cli("ls", str(tmp_path / "nothing")), "no runs under")

@@ -5,11 +5,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import BNLAB, ROOT
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -75,7 +74,7 @@ def test_run_id_is_readable_and_deterministic():
 
 def test_a_killed_run_leaves_no_summary(tmp_path):
     workdir = tmp_path / "w"
-    command = [sys.executable, "-m", "bnlab", "train", "--config", "configs/default.py",
+    command = [*BNLAB, "train", "--config", "configs/default.py",
                "--config.dataset=synthetic", "--config.num_steps=100000",
                "--config.log_every=2", "--config.batch_size=8", f"--workdir={workdir}"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,

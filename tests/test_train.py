@@ -91,7 +91,8 @@ def test_ghost_bn_run_reports_its_normalization_batch(synthetic_config, tmp_path
     assert summary["values_per_statistic"] == 4 * 14 * 14
 
 
-@pytest.mark.parametrize("model", ["resnet20", "plain_cnn", "mlp"])
+@pytest.mark.parametrize("model", [pytest.param("resnet20", marks=pytest.mark.slow),
+                                   "plain_cnn", "mlp"])
 def test_other_models_train(synthetic_config, tmp_path, model):
     synthetic_config.model = model
     synthetic_config.depth = 6
@@ -197,6 +198,7 @@ def test_fused_steps_train_like_one_step_per_call(small_config, tmp_path):
     assert plain["steps_per_call"] == 1
 
 
+@pytest.mark.slow
 def test_logged_gradient_norms_equal_a_hand_computed_gradient(small_config, tmp_path):
     """log_grad_norms with log_every=1: step 1's grad_norm/LAYER is the L2 norm of
     that layer's gradient at the initial parameters on the first batch, computed
@@ -230,6 +232,7 @@ def test_logged_gradient_norms_equal_a_hand_computed_gradient(small_config, tmp_
         "Conv_2", "Conv_10", "Dense_0"]  # depth order for plain_cnn's layers
 
 
+@pytest.mark.slow
 def test_diagnostics_equal_a_hand_computation_and_leave_training_alone(small_config, tmp_path):
     """log_activations and log_landscape with log_every=1: step 1's values are
     recomputed here from the state after step 1 on the probe batch (seed + 2), with

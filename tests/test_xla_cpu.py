@@ -71,6 +71,7 @@ def test_an_option_the_compiler_refuses_falls_back_with_a_warning(monkeypatch):
     np.testing.assert_array_equal(out, jax.jit(_chain)(x, y))
 
 
+@pytest.mark.slow
 def test_training_with_ynnpack_fusions_matches_xlas_own(small_config, tmp_path):
     """SimpleCNN, 10 steps of batch 32 on real Fashion-MNIST, one step per call and
     five: the loss curve within 1e-4 relative of XLA's own fusions (measured 1.7e-5
