@@ -181,7 +181,10 @@ def train_command(argv: list[str]) -> int:
     run_dir = tracking.SweepDir(flag_values.workdir).run(train.run_name(config, overrides))
     # The run is claimed as a sweep's worker claims it: a second `train` of the same
     # run (or a sweep's worker) never trains it at the same time.
-    claimed = not run_dir.finished() and run_dir.claim("train")
+    # Of a multi-process run, process 0 claims it, as it alone writes it.
+    import jax
+
+    claimed = jax.process_index() != 0 or (not run_dir.finished() and run_dir.claim("train"))
     if not claimed and not run_dir.finished():
         owner = run_dir.owner() or {}
         print(f"error: {run_dir.path} is being trained by pid {owner.get('pid', '?')} on "

@@ -1,12 +1,14 @@
 """bnlab.analysis: tracking directories as DataFrames, aggregation, plots, ls exports."""
 
 import math
+import subprocess
+import sys
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_one_line_error
+from conftest import ROOT, assert_one_line_error
 
 from bnlab import analysis, stats, tracking
 

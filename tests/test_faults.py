@@ -12,10 +12,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+from conftest import BNLAB, ROOT, bnlab
+
 from bnlab import tracking
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # for the scripts run with -c
 
 
 def _dead_pid() -> int:
@@ -122,20 +124,18 @@ def test_a_run_without_its_summary_is_not_done_whatever_its_status_says(tmp_path
     run.write_pending({"norm": "bn"})
     tracking.write_json_atomic(run.path / tracking.STATUS, {"status": "done"})
     assert run.state() == "interrupted"
-    listed = subprocess.run([sys.executable, "-m", "bnlab", "ls", str(tmp_path)], env=ENV,
-                            capture_output=True, text=True, timeout=120)
+    listed = bnlab("ls", tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[1].split()[:2] == ["runs/r", "interrupted"]
 
 
-def _train(workdir, *flags, wait=True):
-    command = [sys.executable, "-m", "bnlab", "train", "--workdir", str(workdir),
-               "--config.dataset=synthetic", "--config.num_steps=400", "--config.log_every=20",
-               "--config.batch_size=16", "--config.checkpoint_every=100", *flags]
+def _train(workdir, wait=True):
+    args = ["train", "--workdir", str(workdir), "--config.dataset=synthetic",
+            "--config.num_steps=400", "--config.log_every=20", "--config.batch_size=16",
+            "--config.checkpoint_every=100"]
     if wait:
-        return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                              timeout=600)
-    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+        return bnlab(*args)
+    return subprocess.Popen([*BNLAB, *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -145,6 +145,7 @@ def _metrics(workdir):
             for row in tracking.RunDir(run).metrics()]
 
 
+@pytest.mark.slow
 def test_a_second_train_of_a_running_run_refuses_in_one_line(tmp_path):
     """Probe 1: two `train` commands on one config and workdir both trained, the
     second replaced the first's metrics, and the first finished 'done' over a file
@@ -185,6 +186,7 @@ DAMAGE = {  # run → (file, bytes): each a probe's damage
 }
 
 
+@pytest.mark.slow
 def test_damaged_files_are_skipped_with_one_warning_each_never_a_traceback(tmp_path,
                                                                            capsys):
     """Probe 15: `ls`, `report` and a relaunched sweep ended in a traceback on any
@@ -194,9 +196,7 @@ def test_damaged_files_are_skipped_with_one_warning_each_never_a_traceback(tmp_p
 
     workdir = tmp_path / "w"
     sweep_file = _sweep_file(tmp_path, steps=10, rates=(0.01,))
-    first = subprocess.run([sys.executable, "-m", "bnlab", "sweep", str(sweep_file),
-                            f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True,
-                           text=True, timeout=600)
+    first = bnlab("sweep", sweep_file, f"--workdir={workdir}")
     assert first.returncode == 0, first.stderr[-2000:]
     (good,) = [run for run in (workdir / tracking.RUNS).iterdir() if "none" in run.name]
     for name, (file, content) in DAMAGE.items():
@@ -209,8 +209,7 @@ def test_damaged_files_are_skipped_with_one_warning_each_never_a_traceback(tmp_p
     # ls reads summaries and statuses; report configs, summaries and reproduce.json.
     for command, expected in ((["ls", str(workdir)], summaries),
                               (["report", str(workdir)], summaries | configs | {"w"})):
-        done = subprocess.run([sys.executable, "-m", "bnlab", *command], cwd=ROOT, env=ENV,
-                              capture_output=True, text=True, timeout=600)
+        done = bnlab(*command)
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
         warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
         assert len(warned) == len(set(warned))  # one warning per file
@@ -226,14 +225,11 @@ def test_damaged_files_are_skipped_with_one_warning_each_never_a_traceback(tmp_p
     warned = [line for line in capsys.readouterr().err.splitlines() if tracking.METRICS in line]
     assert sorted(Path(line.split(":")[1].strip()).parent.name for line in warned) == [
         "bad_utf8_metrics", "bare_number_metrics", "stepless_metrics"], warned
-    listed = subprocess.run([sys.executable, "-m", "bnlab", "ls", str(workdir)], cwd=ROOT,
-                            env=ENV, capture_output=True, text=True).stdout
+    listed = bnlab("ls", workdir).stdout
     assert len(listed.splitlines()) == 1 + 2 + len(DAMAGE)
     # The sweep file truncated too: the relaunch keeps it aside and goes on.
     (workdir / tracking.SWEEP).write_text('{"launches": [{"id"')
-    again = subprocess.run([sys.executable, "-m", "bnlab", "sweep", str(sweep_file),
-                            f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True,
-                           text=True, timeout=600)
+    again = bnlab("sweep", sweep_file, f"--workdir={workdir}")
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
     assert list(workdir.glob(f"{tracking.SWEEP}.damaged.*"))
     assert len(tracking.read_json(workdir / tracking.SWEEP)["launches"]) == 1
