@@ -129,6 +129,16 @@ def _shown(value) -> str:
     return str(value)
 
 
+def _config_path(argv: list[str], default_config: Path) -> str:
+    """The config file a command line names (--config FILE or --config=FILE)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return str(default_config)
+
+
 def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
                         define_extra=None):
     """absl flags for a command that takes a config: returns (config, overrides, flags).
@@ -153,6 +163,9 @@ def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
     except flags.Error as error:
         raise UsageError(str(error).splitlines()[0]) from None
     except (AttributeError, KeyError) as error:
+        if "get_config" in str(error):
+            raise UsageError(f"cannot load the config file: {_config_path(argv, default_config)}"
+                             " has no get_config()") from None
         # ml_collections says "'nrom'\nDid you mean "norm" instead of "nrom"?", repr-escaped.
         field = re.search(r"[\w.]+", str(error))
         hint = re.search(r'Did you mean "([\w.]+)"', str(error))
@@ -161,6 +174,9 @@ def _parse_config_flags(argv: list[str], default_config: Path = DEFAULT_CONFIG,
     except OSError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise UsageError(f"cannot load the config file: {lines[-1]}") from None
+    except Exception as error:  # the file's own code: a syntax error, what it raises
+        raise UsageError(f"cannot load the config file {_config_path(argv, default_config)}: "
+                         + f"{type(error).__name__}: {error}".splitlines()[0]) from None
     if len(rest) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     overrides = list(config_flags.get_override_values(flag_values["config"]))
@@ -263,10 +279,22 @@ def sweep_command(argv: list[str]) -> int:
     from bnlab import config as config_lib
     from bnlab import sweep, tracking, train
 
+    if flag_values.only:
+        try:
+            re.compile(flag_values.only)
+        except re.error as error:
+            raise UsageError(f"--only {flag_values.only!r}: not a regular expression "
+                             f"({error})") from None
     module = sweep.load_sweep_file(sweep_file)
     override_values = {key: config[key] for key in overrides}
-    runs = sweep.select(sweep.plan(module.get_config(), module.get_sweep(), override_values),
-                        flag_values.only, flag_values.limit)
+    try:  # the sweep file's own code: what it raises is about that file
+        base, grid = module.get_config(), module.get_sweep()
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError("file", str(sweep_file), config_lib.cannot_load(error)) from None
+    runs = sweep.select(sweep.plan(base, grid, override_values), flag_values.only,
+                        flag_values.limit)
     if not runs:
         raise UsageError("no runs selected")
     if flag_values.dry_run:
@@ -280,7 +308,7 @@ def sweep_command(argv: list[str]) -> int:
     finished = sum(tracking.SweepDir(workdir).run(r.run_id).finished() for r in runs)
     launch = sweep.write_plan(workdir, runs, {
         "sweep_file": str(sweep_file.resolve()),
-        "base_config": config_lib.flatten(module.get_config()),
+        "base_config": config_lib.flatten(base),
         "grid": module.get_sweep(), "overrides": override_values,
         "launch": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
                    "jobs": flag_values.jobs, "host": socket.gethostname()}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,27 @@ def load_module(path: str | Path):
         raise ConfigError("file", str(path), "no such file")
     spec = importlib.util.spec_from_file_location(f"bnlab_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # a syntax error, a failed import: the user's file
+        raise ConfigError("file", str(path), cannot_load(error)) from None
     return module
+
+
+def cannot_load(error: Exception) -> str:
+    """What a user's config or sweep file raised, as the end of one error line."""
+    return "cannot be loaded: " + f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     """Calls `get_config()` of a config file, as absl's config_flags does."""
-    return load_module(path).get_config()
+    module = load_module(path)
+    if not hasattr(module, "get_config"):
+        raise ConfigError("file", str(path), "a config file needs get_config()")
+    try:
+        return module.get_config()
+    except Exception as error:
+        raise ConfigError("file", str(path), cannot_load(error)) from None
 
 
 def _require(config, field: str, ok: bool, allowed: str) -> None:
@@ -42,7 +57,33 @@ def _require(config, field: str, ok: bool, allowed: str) -> None:
 
 def _positive_int(config, field: str) -> None:
     value = config[field]
-    _require(config, field, isinstance(value, int) and value > 0, "must be a positive integer")
+    _require(config, field, isinstance(value, int) and not isinstance(value, bool)
+             and value > 0, "must be a positive integer")
+
+
+def _number(config, field: str, low: float, high: float = math.inf, *,
+            open_low: bool = False, open_high: bool = False, integer: bool = False,
+            optional: bool = False) -> None:
+    """A finite number (an integer with `integer`) in the range given; None too when
+    `optional`. Checked whatever the mode: a value the run would ignore is still one
+    the user meant."""
+    value = config.get(field)
+    if value is None and optional:
+        return
+    kinds = int if integer else int | float
+    ok = (isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if open_low else value >= low)
+          and (value < high if open_high else value <= high))
+    what = "an integer" if integer else "a finite number"
+    if high == math.inf:
+        bounds = f"{'>' if open_low else '>='} {low:g}"
+    else:
+        bounds = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    _require(config, field, ok, f"must be {what} {bounds}")
+
+
+def _boolean(config, field: str) -> None:
+    _require(config, field, isinstance(config.get(field, False), bool), "True or False")
 
 
 def _one_of(config, field: str, registry) -> None:
@@ -66,15 +107,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, field)
     if config.num_steps is not None:
         _positive_int(config, "num_steps")
-    else:
-        _require(config, "num_epochs", config.num_epochs > 0,
-                 "must be > 0 (or set config.num_steps)")
-    _require(config, "learning_rate", config.learning_rate > 0, "must be > 0")
-    _require(config, "weight_decay", config.weight_decay >= 0, "must be >= 0")
-    _require(config, "bn_momentum", 0 <= config.bn_momentum < 1,
-             "must be in [0, 1): running = momentum * running + (1 - momentum) * batch")
-    _require(config, "norm_epsilon", config.norm_epsilon > 0, "must be > 0")
-    _require(config, "warmup_steps", config.warmup_steps >= 0, "must be >= 0")
+    _require(config, "seed", isinstance(config.seed, int) and not isinstance(config.seed, bool)
+             and 0 <= config.seed < 2**32, "must be an integer in [0, 2^32)")
+    _number(config, "learning_rate", 0, open_low=True)
+    _number(config, "weight_decay", 0)
+    _number(config, "momentum", 0, 1, open_high=True)
+    _number(config, "bn_momentum", 0, 1, open_high=True)
+    _number(config, "norm_epsilon", 0, open_low=True)
+    _number(config, "warmup_steps", 0, integer=True)
+    _number(config, "step_decay", 0, open_low=True)
+    _number(config, "num_epochs", 0, open_low=True)
+    _number(config, "target_accuracy", 0, 1, open_low=True, optional=True)
+    for field in ("nesterov", "decay_norm_params", "augment", "mask_padding"):
+        _boolean(config, field)
+    for field in ("num_groups", "group_size", "num_devices", "num_processes"):
+        _number(config, field, 1, integer=True, optional=field != "num_groups")
+    _number(config, "process_id", 0, integer=True, optional=True)
+    _one_of(config, "parallel", ("none", "pmap", "shard_map"))
+    sync = str(config.bn_sync)
+    _require(config, "bn_sync", sync in ("global", "local") or (sync.isdigit() and int(sync) >= 1),
+             "allowed: global, local, or a group size k (e.g. 2)")
+    bounds = config.step_boundaries
+    _require(config, "step_boundaries",
+             isinstance(bounds, tuple | list) and all(
+                 isinstance(b, int | float) and not isinstance(b, bool) and 0 < b < 1
+                 for b in bounds) and list(bounds) == sorted(bounds),
+             "must be increasing fractions of the run in (0, 1)")
     for field in ("train_size", "test_size"):
         if config.get(field) is not None:
             _positive_int(config, field)
@@ -103,22 +161,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if field != "log_grad_norms" and config.get(field):
             _require(config, field, config.parallel == "none",
                      "diagnostics run on one device (parallel='none')")
-    if config.target_accuracy is not None:
-        _require(config, "target_accuracy", 0 < config.target_accuracy <= 1,
-                 "must be in (0, 1]")
     if config.virtual_batch_size is not None:
         _positive_int(config, "virtual_batch_size")
         _require(config, "virtual_batch_size", config.norm == "bn",
                  "ghost batches apply to norm='bn' only")
         _require(config, "virtual_batch_size", config.batch_size % config.virtual_batch_size == 0,
                  f"must divide config.batch_size={config.batch_size}")
-    if config.norm == "gn":
-        _positive_int(config, "num_groups" if config.group_size is None else "group_size")
-    if config.schedule == "step":
-        bounds = tuple(config.step_boundaries)
-        _require(config, "step_boundaries",
-                 all(0 < b < 1 for b in bounds) and list(bounds) == sorted(bounds),
-                 "must be increasing fractions of the run in (0, 1)")
     models.options(config)
     # Sequences go to the sequence model and nothing else does.
     _require(config, "model", (config.model == "seq_cnn")

@@ -293,9 +293,11 @@ def options(config: Any) -> dict[str, Any]:
     if chosen.get("norm_placement", PLACEMENTS[0]) not in PLACEMENTS:
         raise ConfigError("norm_placement", chosen["norm_placement"],
                           f"allowed: {', '.join(PLACEMENTS)}")
-    depth = chosen.get("depth", 3)
+    depth, width = chosen.get("depth", 3), chosen.get("width", 1)
     if not (isinstance(depth, int) and depth >= 3):
         raise ConfigError("depth", depth, f"{config.model} needs depth >= 3 (conv layers)")
+    if not (isinstance(width, int) and width >= 1):
+        raise ConfigError("width", width, "must be a positive integer (channels)")
     return chosen
 
 

@@ -64,6 +64,9 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     train_set = data.load(config.dataset, "train", train_size=config.train_size, **options)
     test_set = data.load(config.dataset, "test", **options)
     if config.get("test_size") is not None:
+        if config.test_size > len(test_set):
+            raise config_lib.ConfigError("test_size", config.test_size,
+                                         f"larger than the {len(test_set)} test examples")
         test_set = dataclasses.replace(test_set, images=test_set.images[:config.test_size],
                                        labels=test_set.labels[:config.test_size])
     if len(train_set) < config.batch_size:

@@ -112,6 +112,7 @@ def synthetic_config(small_config):
     config = small_config
     config.dataset = "synthetic"
     config.train_size = None
+    config.test_size = None  # all 256: more is an error
     return config
 
 

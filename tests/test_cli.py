@@ -43,7 +43,7 @@ BAD_INPUT = [
     (["--config.data_dir=/nonexistent"], "apt-get install dataset-fashion-mnist"),
     (["--config.model=vgg"], "config.model='vgg': allowed"),
     (["--config.model=mlp", "--config.norm=in"], "config.norm='in': instance norm needs"),
-    (["--config.learning_rate=-1"], "config.learning_rate=-1.0: must be > 0"),
+    (["--config.learning_rate=-1"], "config.learning_rate=-1.0: must be a finite number > 0"),
     (["--config.optimizer=lamb"], "config.optimizer='lamb'"),
     (["--config.batch_size=100000"], "config.batch_size=100000: larger than"),
     (["--config.test_size=0"], "config.test_size=0: must be a positive integer"),
@@ -57,6 +57,22 @@ BAD_INPUT = [
      "config.checkpoint_every=70: must be a multiple of config.log_every=50"),
     (["--config.nrom=gn"], "unknown config field 'nrom'; did you mean 'norm'?"),
     (["--config.batch_size=abc"], "config.batch_size"),
+    # Issue 18's probes 9 and 10: accepted, or a traceback (several after writing).
+    (["--config.momentum=nan"], "config.momentum=nan: must be a finite number in [0, 1)"),
+    (["--config.momentum=-3"], "config.momentum=-3.0: must be a finite number in [0, 1)"),
+    (["--config.norm_epsilon=inf"], "config.norm_epsilon=inf: must be a finite number > 0"),
+    (["--config.bn_sync=junk"], "config.bn_sync='junk': allowed: global, local"),
+    (["--config.num_devices=-4"], "config.num_devices=-4: must be an integer >= 1"),
+    (["--config.parallel=pmap", "--config.num_devices=0"],
+     "config.num_devices=0: must be an integer >= 1"),
+    (["--config.test_size=100000"], "config.test_size=100000: larger than the 10000 test"),
+    (["--config.seed=-1"], "config.seed=-1: must be an integer in [0, 2^32)"),
+    (["--config.seed=99999999999999999999"], "must be an integer in [0, 2^32)"),
+    (["--config.step_decay=nan"], "config.step_decay=nan: must be a finite number > 0"),
+    (["--config.step_decay=-1"], "config.step_decay=-1.0: must be a finite number > 0"),
+    (["--config.num_epochs=inf"], "config.num_epochs=inf: must be a finite number > 0"),
+    (["--config.model=plain_cnn", "--config.width=0"], "config.width=0: must be a positive"),
+    (["--config.step_boundaries=(0.5, 2.0)"], "config.step_boundaries=(0.5, 2.0): must be"),
 ]
 
 

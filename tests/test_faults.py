@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import BNLAB, ROOT, bnlab
+from conftest import BNLAB, ROOT, assert_one_line_error, bnlab
 
 from bnlab import tracking
 
@@ -252,3 +252,36 @@ def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path):
                           executable="/bin/bash")
     assert done.stdout.splitlines()[1].split() == ["runs/run00000", "pending"]
     assert done.stderr == "", done.stderr
+
+
+SWEEP_HEAD = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from bnlab.config import load_config_file
+from bnlab.sweep import axis, zipped
+"""
+
+
+def test_bad_files_and_flags_fail_in_one_line_before_writing(cli, tmp_path):
+    """Probe 10: a config file with a syntax error, a sweep file without
+    get_config, zipped lists of two lengths and `--only '('` each ended in a
+    traceback."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    cases = [
+        (["train", "--config", broken], "broken.py: SyntaxError: invalid syntax"),
+        (["sweep", broken], "broken.py: SyntaxError: invalid syntax"),
+    ]
+    no_config = tmp_path / "no_config.py"
+    no_config.write_text(SWEEP_HEAD + "def get_sweep():\n    return axis('seed', [0])\n")
+    cases.append((["sweep", no_config], "no_config.py has no get_config()"))
+    uneven = tmp_path / "uneven.py"
+    uneven.write_text(SWEEP_HEAD + f"def get_config():\n    return load_config_file("
+                      f"{str(ROOT / 'configs' / 'default.py')!r})\n"
+                      "def get_sweep():\n    return zipped(seed=[0, 1], batch_size=[8])\n")
+    cases.append((["sweep", uneven], "ValueError: zipped fields differ in length"))
+    cases.append((["sweep", uneven, "--only", "("], "--only '(': not a regular expression"))
+    for args, message in cases:
+        workdir = tmp_path / "w"
+        assert_one_line_error(cli(*args, f"--workdir={workdir}"), message)
+        assert not workdir.exists()
