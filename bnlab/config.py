@@ -95,7 +95,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     the registry of what it names (norms, models, optimizers, schedules), a model's
     own fields from the model (`models.options`). Shape checks (e.g. GN groups vs
     the channels of each layer) happen when the model is traced, see `train.prepare`."""
-    from bnlab import models, norms, optim  # the registries (they import JAX)
+    from bnlab import models, norms, optim, parallel  # the registries (they import JAX)
 
     _one_of(config, "norm", norms.LAYERS)
     _one_of(config, "model", models.MODELS)
@@ -123,7 +123,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("num_groups", "group_size", "num_devices", "num_processes"):
         _number(config, field, 1, integer=True, optional=field != "num_groups")
     _number(config, "process_id", 0, integer=True, optional=True)
-    _one_of(config, "parallel", ("none", "pmap", "shard_map"))
+    _one_of(config, "parallel", parallel.MODES)
     sync = str(config.bn_sync)
     _require(config, "bn_sync", sync in ("global", "local") or (sync.isdigit() and int(sync) >= 1),
              "allowed: global, local, or a group size k (e.g. 2)")

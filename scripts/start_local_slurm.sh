@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real one-node Slurm cluster on this machine (loopback), for the Slurm tests:
-# Debian's slurmctld, slurmd and munge, as FIELD-NOTES.md describes. Needs root.
+# Debian's slurmctld, slurmd and munge. Needs root.
 # Idempotent: does nothing when `sinfo` already answers.
 set -euo pipefail
 if command -v sinfo >/dev/null 2>&1 && timeout 10 sinfo -h >/dev/null 2>&1; then
