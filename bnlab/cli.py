@@ -18,6 +18,7 @@ from typing import Any
 
 from bnlab.config import CPU_FUSIONS, DEFAULT_CONFIG_FILE, ConfigError, flatten
 from bnlab.fast import heap
+from bnlab.tracking import Unfinished
 
 DEFAULT_CONFIG = DEFAULT_CONFIG_FILE
 USAGE = """usage: python -m bnlab <command> [flags]
@@ -330,9 +331,10 @@ def sweep_command(argv: list[str]) -> int:
             return 0
     else:
         compiles = sweep.run_local(workdir, launch, flag_values.jobs, pack=pack)
-    counts = sweep.statuses(workdir, [r.run_id for r in runs])
+    counts = sweep.wait_for_runs(workdir, [r.run_id for r in runs])
     print(json.dumps({**counts, "train_step_compilations": compiles.get("train_step", 0)}))
-    return 1 if counts["failed"] else 0
+    sweep.check_finished(counts, workdir)  # exit 0 only when every run ended
+    return 0
 
 
 def worker_command(argv: list[str]) -> int:
@@ -583,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Unfinished as error:  # runs that did not end: not a success
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `bnlab ls DIR | head`: the reader has what it wanted
         with open(os.devnull, "w") as devnull:  # Python's own flush at exit writes there
             os.dup2(devnull.fileno(), sys.stdout.fileno())

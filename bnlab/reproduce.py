@@ -59,6 +59,7 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     tracking_dir = tracking.SweepDir(workdir)
     about = tracking_dir.read_reproduce() or {"launches": []}
     about.update(scale=scale, overrides=overrides or {})
+    unfinished: list[str] = []
     for number, (name, runs) in enumerate(planned.items(), start=1):
         folder = workdir / name
         finished = sum(tracking.SweepDir(folder).run(r.run_id).finished() for r in runs)
@@ -70,13 +71,18 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
             "launch": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
                        "jobs": jobs, "host": socket.gethostname()}})
         sweep.run_local(folder, launch, jobs, progress=progress, pack={"pack": True})
-        counts = sweep.statuses(folder, [r.run_id for r in runs])
-        if counts.get("failed"):
-            print(f"  {counts['failed']} runs failed: python -m bnlab ls {folder}", flush=True)
+        try:
+            sweep.check_finished(sweep.wait_for_runs(folder, [r.run_id for r in runs]), folder)
+        except tracking.Unfinished as error:
+            unfinished.append(f"{name}: {error}")
+            print(f"  {error}", flush=True)
     wall = time.perf_counter() - start
     about["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall,
                               "claims": [c.id for c in claims], "host": socket.gethostname()})
     about["wall_s"] = wall
     tracking_dir.write_reproduce(about)
+    if unfinished:  # no report from part of the data; `bnlab report` makes one on demand
+        raise tracking.Unfinished(f"{len(unfinished)} experiment(s) have runs that did "
+                                  f"not finish, so no report was written: {unfinished[0]}")
     return report.write_report(workdir, workdir)
 

@@ -267,6 +267,30 @@ def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
             run_dir.release()
 
 
+def wait_for_runs(workdir: Path, run_ids: list[str], poll_s: float = 2.0) -> dict[str, int]:
+    """The runs' states once none is training elsewhere (another sweep's worker, a
+    `bnlab train`): a sweep ends when its runs have. A dead owner's run reads
+    interrupted and ends the wait."""
+    counts = statuses(workdir, run_ids)
+    if counts["running"]:
+        print(f"waiting for {counts['running']} runs that other processes are training",
+              flush=True)
+    while counts["running"]:
+        time.sleep(poll_s)
+        counts = statuses(workdir, run_ids)
+    return counts
+
+
+def check_finished(counts: dict[str, int], where: Path) -> None:
+    """Raises `tracking.Unfinished` unless every run ended done or diverged."""
+    left = {state: n for state, n in counts.items() if state not in ("done", "diverged") and n}
+    if left:
+        said = ", ".join(f"{n} {state}" for state, n in left.items())
+        raise tracking.Unfinished(f"{sum(left.values())} of {sum(counts.values())} runs did "
+                                  f"not finish ({said}): python -m bnlab ls {where}; a "
+                                  "relaunch retries them")
+
+
 def statuses(workdir: Path, run_ids: list[str]) -> dict[str, int]:
     """Counts of each run state (`tracking.RunDir.state`) among the runs."""
     counts = dict.fromkeys(("done", "running", "diverged", "failed", "pending",

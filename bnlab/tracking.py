@@ -215,6 +215,11 @@ def _locked(path: Path):
         os.close(fd)  # closing lets the lock go
 
 
+class Unfinished(Exception):
+    """Runs that did not end (failed, interrupted, pending) where a command needed
+    them to: it says which in one line and exits 1."""
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -272,17 +277,20 @@ class RunDir:
 
     def state(self) -> str:
         """What the run is now: done or diverged (it has a summary), failed, pending,
-        running (a live owner), or interrupted (said running, but its owner is gone)."""
+        running (a live owner holds it, training or preparing to), or interrupted
+        (its owner is gone, or it was killed before its summary)."""
         if self.finished():
             return self.summary()["status"]
         status = self.status()
         state = status.get("status", "pending")
         if state in ("done", "diverged"):
             return "interrupted"  # killed between its status and its summary
-        if state != "running":
+        if state not in ("running", "pending"):
             return state
-        if self._claim_file.exists():
+        if self._claim_file.exists():  # claimed: training, or preparing to
             return "interrupted" if self.claim_is_stale() else "running"
+        if state == "pending":
+            return state
         if status.get("host") == socket.gethostname() and pid_alive(int(status.get("pid", -1))):
             return "running"  # a `bnlab train` run, not a sweep's
         return "interrupted"

@@ -288,3 +288,33 @@ def test_bad_files_and_flags_fail_in_one_line_before_writing(cli, tmp_path):
         assert_one_line_error(result, message)
         assert named is None or named.name in result.stderr
         assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_worker_dies_says_so_and_exits_1(tmp_path):
+    """Probe 5: a worker killed (as by the OOM killer) left its run interrupted and
+    the sweep exited 0. Now the sweep names what did not finish in one line and
+    exits 1; the relaunch finishes the run and exits 0."""
+    from test_sweep import _sweep_file
+
+    workdir = tmp_path / "w"
+    sweep_file = _sweep_file(tmp_path, steps=200, rates=(0.01,))  # bn and none
+    args = ["sweep", str(sweep_file), f"--workdir={workdir}", "--jobs=2"]
+    launch = subprocess.Popen([*BNLAB, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (claims := list(workdir.glob(f"runs/*/{tracking.CLAIM}"))):
+        assert launch.poll() is None and time.time() < deadline, launch.communicate()
+        time.sleep(0.02)
+    victim = claims[0].parent
+    os.kill(tracking.RunDir(victim).owner()["pid"], signal.SIGKILL)
+    _, err = launch.communicate(timeout=600)
+    assert launch.returncode == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: 1 of 2 runs did not finish (1 interrupted): python -m bnlab ls {workdir}; "
+        "a relaunch retries them")
+    assert tracking.RunDir(victim).state() == "interrupted"
+    again = bnlab(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {tracking.RunDir(run).state() for run in (workdir / tracking.RUNS).iterdir()} == {
+        "done"}
