@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if command != "_worker":  # Ctrl-C reaches a sweep's workers too: one line is enough
+            print("interrupted", file=sys.stderr)
         return 130
     except Unfinished as error:  # runs that did not end: not a success
         print(f"error: {error}", file=sys.stderr)

@@ -234,6 +234,9 @@ def _run_one(workdir: Path, run_id: str, launch_id: str) -> None:
         with run_dir.heartbeat():
             summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir.path))
         outcome = summary["status"]
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
     except Exception as error:
         run_dir.record_failure(launch_id, error)  # the sweep goes on
     finally:
@@ -254,6 +257,9 @@ def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
             summaries = train.train_packed([config_from_dir(d) for d in run_dirs],
                                            [str(d.path) for d in run_dirs])
         outcomes = [s["status"] for s in summaries]
+    except KeyboardInterrupt:
+        outcomes = [run_dir.state() for run_dir in run_dirs]
+        raise
     except Exception as error:
         for i, run_dir in enumerate(run_dirs):  # a member that ended before keeps its result
             state = run_dir.state()
@@ -340,7 +346,13 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
     workers = [subprocess.Popen(command, env={**os.environ, **(env or {})},
                                 stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
                for _ in range(jobs)]
-    _follow(workdir, run_ids, lambda: any(w.poll() is None for w in workers), 1.0, progress)
+    try:
+        _follow(workdir, run_ids, lambda: any(w.poll() is None for w in workers), 1.0, progress)
+    except KeyboardInterrupt:
+        for worker in workers:  # Ctrl-C reached them too: they mark their runs interrupted
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(timeout=60)
+        raise
     totals: dict[str, int] = {}
     for worker in workers:
         out = worker.stdout.read() if worker.stdout else ""

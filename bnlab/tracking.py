@@ -569,11 +569,16 @@ class RunWriter:
         write_json_atomic(self.run_dir / SUMMARY, {"status": status, **summary})
 
     def fail(self, error: BaseException) -> None:
+        """Status 'failed' with the error; 'interrupted' for Ctrl-C (a relaunch
+        resumes it, from its checkpoint when it has one)."""
         if not self.active:
             return
         self._close()
-        message = f"{type(error).__name__}: {error}".strip()
-        self._status.update(status="failed", finished=_now(), error=message[:2000])
+        if isinstance(error, KeyboardInterrupt):
+            self._status.update(status="interrupted", finished=_now())
+        else:
+            message = f"{type(error).__name__}: {error}".strip()
+            self._status.update(status="failed", finished=_now(), error=message[:2000])
         write_json_atomic(self.run_dir / STATUS, self._status)
 
     def _close(self) -> None:

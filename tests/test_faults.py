@@ -318,3 +318,29 @@ def test_a_sweep_whose_worker_dies_says_so_and_exits_1(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert {tracking.RunDir(run).state() for run in (workdir / tracking.RUNS).iterdir()} == {
         "done"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_marks_its_runs_interrupted_in_one_line(tmp_path):
+    """Probe 8: Ctrl-C recorded the runs as failed (KeyboardInterrupt), which a
+    relaunch of the same launch does not retry. Now they read interrupted, the
+    sweep says so in one line and exits 130, and the relaunch finishes each once."""
+    from test_sweep import _assert_every_run_finished_once, _sweep_file
+
+    workdir = tmp_path / "w"
+    args = ["sweep", str(_sweep_file(tmp_path, steps=1000, rates=(0.01,))),
+            f"--workdir={workdir}", "--jobs=2"]
+    launch = subprocess.Popen([*BNLAB, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(list(workdir.glob(f"runs/*/{tracking.METRICS}"))) < 2:
+        assert launch.poll() is None and time.time() < deadline, launch.communicate()
+        time.sleep(0.02)
+    os.killpg(launch.pid, signal.SIGINT)  # what Ctrl-C sends: the sweep and its workers
+    _, err = launch.communicate(timeout=120)
+    assert launch.returncode == 130 and err.strip() == "interrupted", err[-2000:]
+    runs = list((workdir / tracking.RUNS).iterdir())
+    assert [tracking.RunDir(run).state() for run in runs] == ["interrupted"] * 2
+    again = bnlab(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _assert_every_run_finished_once(workdir, 2)
