@@ -406,7 +406,10 @@ def ls_command(argv: list[str]) -> int:
     rows = []
     for run_dir in run_dirs:
         summary = run_dir.summary()
-        rows.append((str(run_dir.path.relative_to(folder)), run_dir.state(),
+        state = run_dir.state()
+        if state == "done" and summary.get("collapsed"):
+            state = "collapsed"  # done, and tests at chance (summary.json's `collapsed`)
+        rows.append((str(run_dir.path.relative_to(folder)), state,
                      summary.get("step", ""), _number(summary.get("test_accuracy"), ".4f"),
                      summary.get("sgd_batch_size", ""), summary.get("norm_batch_size", ""),
                      _number(summary.get("wall_time_s"), ".1f")))

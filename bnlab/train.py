@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -153,6 +154,16 @@ def _train_row(host: dict[str, Any], learning_rate: float, elapsed: float,
             "learning_rate": learning_rate, "time": elapsed,
             **{f"grad_norm/{name}": float(value) / steps
                for name, value in zip(names, host["grad_norm"], strict=True)}}
+
+
+def collapsed(test_accuracy: float | None, num_classes: int, test_examples: int) -> bool:
+    """Whether a finished run tests at chance: accuracy within three binomial
+    standard errors of 1/num_classes on its test set (a run that trained nothing,
+    as no norm at lr 50 does). It is still a result (status done), told apart."""
+    if test_accuracy is None:
+        return False
+    chance = 1 / num_classes
+    return test_accuracy <= chance + 3 * math.sqrt(chance * (1 - chance) / test_examples)
 
 
 def _summary(config, train_examples: int, steps_done: int, diverged_step: int | None,
@@ -619,6 +630,8 @@ def _finish(program: _Program, m: _Member, step: int, chrono: _Chrono) -> None:
                        m.best_test, m.steps_to_target, program.num_params, chrono.start_step,
                        chrono.timing())
     summary.update(run.facts)
+    summary["collapsed"] = collapsed(summary["test_accuracy"], run.train_set.num_classes,
+                                     len(run.test_set))
     status = "diverged" if m.diverged_step is not None else "done"
     m.writer.finish(status, summary, step=summary["step"],
                     **({"diverged_step": m.diverged_step} if status == "diverged" else {}))

@@ -47,7 +47,8 @@ from pathlib import Path
 from bnlab import tracking
 won = [d.name for d in sorted(Path(sys.argv[2]).iterdir())
        if tracking.RunDir(d).claim(f"worker{sys.argv[1]}")]
-print("\\n".join(won))
+print("\\n".join(won + ["END"]), flush=True)
+sys.stdin.read()  # alive, holding its claims, until every worker has claimed
 """
 
 
@@ -61,8 +62,15 @@ def test_workers_taking_over_stale_claims_at_once_win_each_run_once(tmp_path):
         run.mkdir()
         (run / tracking.CLAIM).write_text(json.dumps(
             {"host": socket.gethostname(), "pid": dead, "launch": "old"}))
-    wins = Counter(name for out in _in_processes(CLAIMER, 4, str(tmp_path))
-                   for name in out.split())
+    workers = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(i), str(tmp_path)],
+                                env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True) for i in range(4)]
+    wins = Counter()
+    for worker in workers:  # a dead worker's claims are stale: all stay alive till here
+        wins.update(iter(worker.stdout.readline, "END\n"))
+    for worker in workers:
+        worker.communicate(timeout=60)
+    wins = Counter({name.strip(): n for name, n in wins.items()})
     assert len(wins) == 300 and set(wins.values()) == {1}, wins.most_common(3)
     for run in tmp_path.iterdir():  # each claim names the one worker that won it
         assert tracking.RunDir(run).owner()["launch"].startswith("worker")
@@ -344,3 +352,24 @@ def test_ctrl_c_on_a_sweep_marks_its_runs_interrupted_in_one_line(tmp_path):
     again = bnlab(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     _assert_every_run_finished_once(workdir, 2)
+
+
+def test_a_run_that_trains_to_chance_is_told_apart(small_config, tmp_path):
+    """Probe 6: no norm at lr 50 ended at chance accuracy `done`, like a trained
+    run. Its summary now says `collapsed` (within 3 binomial standard errors of
+    1/10 on its 2,000 test images: at most 12.0%), and `ls` lists it so; BN at
+    the default rate, trained as long, is not. (At lr 10 here: 40 steps at 50
+    end in NaN, which is `diverged`.)"""
+    from bnlab import train
+
+    assert train.collapsed(0.120, 10, 2000) and not train.collapsed(0.121, 10, 2000)
+    assert not train.collapsed(None, 10, 2000)  # diverged: no accuracy to judge
+    small_config.num_steps = 40
+    for norm, rate in (("none", 10.0), ("bn", 0.05)):
+        small_config.update(norm=norm, learning_rate=rate)
+        summary = train.train_and_evaluate(small_config, str(tmp_path / "runs" / norm))
+        assert summary["status"] == "done", summary
+        assert summary["collapsed"] == (norm == "none"), summary["test_accuracy"]
+    listed = bnlab("ls", tmp_path).stdout.splitlines()
+    assert [line.split()[:2] for line in listed[1:]] == [["runs/bn", "done"],
+                                                         ["runs/none", "collapsed"]]
