@@ -157,7 +157,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "a comma list of: ema, precise, batch")
     _positive_int(config, "precise_bn_batches")
     for field in ("log_grad_norms", "log_activations", "log_landscape"):
-        _require(config, field, isinstance(config.get(field, False), bool), "True or False")
+        _boolean(config, field)
         if field != "log_grad_norms" and config.get(field):
             _require(config, field, config.parallel == "none",
                      "diagnostics run on one device (parallel='none')")

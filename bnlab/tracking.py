@@ -221,6 +221,8 @@ class Unfinished(Exception):
 
 
 def pid_alive(pid: int) -> bool:
+    if pid <= 0:  # no pid recorded (or a damaged one): kill(-1 or 0, ...) would ask about others
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -252,8 +254,12 @@ class RunDir:
     def finished(self) -> bool:
         """A run without a readable summary.json did not finish, whatever its status
         says (a damaged summary is warned about, and the run runs again)."""
-        return (self.path / SUMMARY).is_file() and self.summary().get("status") in (
-            "done", "diverged")
+        return self._ended() is not None
+
+    def _ended(self) -> str | None:
+        """The summary's status, done or diverged; None when there is no readable one."""
+        state = self.summary().get("status")
+        return state if state in ("done", "diverged") else None
 
     def sweep_root(self) -> Path:
         """The folder that holds this run: the sweep directory above `runs/`."""
@@ -279,8 +285,9 @@ class RunDir:
         """What the run is now: done or diverged (it has a summary), failed, pending,
         running (a live owner holds it, training or preparing to), or interrupted
         (its owner is gone, or it was killed before its summary)."""
-        if self.finished():
-            return self.summary()["status"]
+        ended = self._ended()  # summary.json read once
+        if ended:
+            return ended
         status = self.status()
         state = status.get("status", "pending")
         if state in ("done", "diverged"):
@@ -291,7 +298,7 @@ class RunDir:
             return "interrupted" if self.claim_is_stale() else "running"
         if state == "pending":
             return state
-        if status.get("host") == socket.gethostname() and pid_alive(int(status.get("pid", -1))):
+        if status.get("host") == socket.gethostname() and pid_alive(_int(status.get("pid"))):
             return "running"  # a `bnlab train` run, not a sweep's
         return "interrupted"
 

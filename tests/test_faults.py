@@ -373,3 +373,13 @@ def test_a_run_that_trains_to_chance_is_told_apart(small_config, tmp_path):
     listed = bnlab("ls", tmp_path).stdout.splitlines()
     assert [line.split()[:2] for line in listed[1:]] == [["runs/bn", "done"],
                                                          ["runs/none", "collapsed"]]
+
+
+def test_a_claim_without_a_pid_is_stale_not_everyones(tmp_path):
+    """A claim (or status) of this host with no usable pid: os.kill(-1, 0) asks
+    about every process and succeeds, which read such an owner as alive for ever."""
+    assert not tracking.pid_alive(-1) and not tracking.pid_alive(0)
+    run = tracking.RunDir(tmp_path / "run")
+    run.path.mkdir()
+    tracking.write_json_atomic(run.path / tracking.CLAIM, {"host": socket.gethostname()})
+    assert run.claim_is_stale() and run.claim("relaunch")
