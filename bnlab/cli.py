@@ -345,7 +345,8 @@ def worker_command(argv: list[str]) -> int:
         raise UsageError("usage: python -m bnlab _worker WORKDIR LAUNCH_ID [PACK_JSON]")
     _enable_compilation_cache()
     pack = json.loads(argv[3]) if len(argv) == 4 else {}
-    print(json.dumps(sweep.work(argv[1], argv[2], **pack)), flush=True)
+    with sweep.stop_at_safe_points():
+        print(json.dumps(sweep.work(argv[1], argv[2], **pack)), flush=True)
     return 0
 
 

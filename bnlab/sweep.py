@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -180,6 +181,8 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
     pack = pack and (pack_on_cpu or train.packing_pays())
     bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
     for group in _groups(workdir, run_ids, pack_size if pack else 1):
+        if train.STOP.is_set():  # Ctrl-C between runs
+            raise KeyboardInterrupt
         claimed = [run_id for run_id in group if _claimable(workdir, run_id, launch_id)]
         if len(claimed) > 1:
             _run_packed(workdir, claimed, launch_id)
@@ -331,6 +334,24 @@ def _follow(workdir: Path, run_ids: list[str], working, period_s: float,
         bar.close()
 
 
+@contextlib.contextmanager
+def stop_at_safe_points():
+    """Ctrl-C (SIGINT) sets `train.STOP` for the block instead of raising where the
+    main thread is: the loop raises KeyboardInterrupt at its next step, `work` at its
+    next run, so runs are marked interrupted and nothing else is printed."""
+    from bnlab import train
+
+    train.STOP.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield train.STOP  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: train.STOP.set())
+    try:
+        yield train.STOP
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | None = None,
               progress: bool = True, pack: dict[str, Any] | None = None) -> dict[str, int]:
     """Runs a launch with `jobs` worker processes on this machine; returns the summed
@@ -339,20 +360,19 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
 
     run_ids = tracking.SweepDir(workdir).launch_runs(launch_id)
     pack = pack or {}
-    if jobs == 1:
-        return work(workdir, launch_id, progress, **pack)
-    command = [sys.executable, "-m", "bnlab", "_worker", str(workdir), launch_id,
-               json.dumps(pack)]
-    workers = [subprocess.Popen(command, env={**os.environ, **(env or {})},
-                                stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
-               for _ in range(jobs)]
-    try:
+    with stop_at_safe_points() as stop:
+        if jobs == 1:
+            return work(workdir, launch_id, progress, **pack)
+        command = [sys.executable, "-m", "bnlab", "_worker", str(workdir), launch_id,
+                   json.dumps(pack)]
+        workers = [subprocess.Popen(command, env={**os.environ, **(env or {})},
+                                    stdout=subprocess.PIPE, text=True,
+                                    preexec_fn=_die_with_parent) for _ in range(jobs)]
+        # Ctrl-C reaches the workers too (one process group): they stop at their next
+        # step and mark their runs interrupted; this process waits for them, then stops.
         _follow(workdir, run_ids, lambda: any(w.poll() is None for w in workers), 1.0, progress)
-    except KeyboardInterrupt:
-        for worker in workers:  # Ctrl-C reached them too: they mark their runs interrupted
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(timeout=60)
-        raise
+        if stop.is_set():
+            raise KeyboardInterrupt
     totals: dict[str, int] = {}
     for worker in workers:
         out = worker.stdout.read() if worker.stdout else ""

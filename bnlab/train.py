@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 import time
 from typing import Any
 
@@ -522,6 +523,12 @@ def train_group(runs: list[Prepared], workdirs: list[str],
     return [m.result for m in members]
 
 
+# Set by Ctrl-C where a sweep asked for it (`sweep.stop_at_safe_points`): the loop
+# then stops between steps. A KeyboardInterrupt raised wherever the main thread
+# happens to be can land in a JAX gc callback, where Python prints it as "ignored".
+STOP = threading.Event()
+
+
 def _loop(program: _Program, members: list[_Member], start_step: int) -> None:
     """Trains the group to its end, logging each member's metrics at its log steps
     and writing each member's summary when it ends (diverged, or the last step)."""
@@ -546,6 +553,8 @@ def _loop(program: _Program, members: list[_Member], start_step: int) -> None:
     step = start_step
     try:
         while step < run.total_steps and any(m.result is None for m in members):
+            if STOP.is_set():
+                raise KeyboardInterrupt
             count = program.train(step)
             step += count
             chrono.first_call(program, count)

@@ -310,12 +310,19 @@ def test_a_sweep_whose_worker_dies_says_so_and_exits_1(tmp_path):
     args = ["sweep", str(sweep_file), f"--workdir={workdir}", "--jobs=2"]
     launch = subprocess.Popen([*BNLAB, *args], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    # The worker holding the launch's first run: the other, once its own run is done,
+    # has no run after it to come back for, so the killed run stays unfinished.
     deadline = time.time() + 120
-    while not (claims := list(workdir.glob(f"runs/*/{tracking.CLAIM}"))):
+    while not (launches := list((workdir / tracking.LAUNCHES).glob("*.json"))):
         assert launch.poll() is None and time.time() < deadline, launch.communicate()
         time.sleep(0.02)
-    victim = claims[0].parent
-    os.kill(tracking.RunDir(victim).owner()["pid"], signal.SIGKILL)
+    sweep_dir = tracking.SweepDir(workdir)
+    victim = sweep_dir.run(sweep_dir.launch_runs(launches[0].stem)[0])
+    while not (owner := victim.owner()):
+        assert launch.poll() is None and time.time() < deadline, launch.communicate()
+        time.sleep(0.02)
+    os.kill(owner["pid"], signal.SIGKILL)
+    victim = victim.path
     _, err = launch.communicate(timeout=600)
     assert launch.returncode == 1, err[-2000:]
     assert err.strip().splitlines()[-1] == (
