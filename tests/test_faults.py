@@ -310,19 +310,22 @@ def test_a_sweep_whose_worker_dies_says_so_and_exits_1(tmp_path):
     args = ["sweep", str(sweep_file), f"--workdir={workdir}", "--jobs=2"]
     launch = subprocess.Popen([*BNLAB, *args], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    # The worker holding the launch's first run: the other, once its own run is done,
-    # has no run after it to come back for, so the killed run stays unfinished.
+    # Kill the worker holding the launch's first run once the other holds the second:
+    # that one has then passed the first run, and with no run after its own it does
+    # not come back for it, so the killed run stays unfinished. (Killed earlier, the
+    # other worker finds a dead owner's claim and rightly takes the run over.)
     deadline = time.time() + 120
     while not (launches := list((workdir / tracking.LAUNCHES).glob("*.json"))):
         assert launch.poll() is None and time.time() < deadline, launch.communicate()
         time.sleep(0.02)
     sweep_dir = tracking.SweepDir(workdir)
-    victim = sweep_dir.run(sweep_dir.launch_runs(launches[0].stem)[0])
-    while not (owner := victim.owner()):
+    first, second = (sweep_dir.run(r) for r in sweep_dir.launch_runs(launches[0].stem))
+    while not ((owner := first.owner()) and (other := second.owner())):
         assert launch.poll() is None and time.time() < deadline, launch.communicate()
         time.sleep(0.02)
+    assert owner["pid"] != other["pid"]
     os.kill(owner["pid"], signal.SIGKILL)
-    victim = victim.path
+    victim = first.path
     _, err = launch.communicate(timeout=600)
     assert launch.returncode == 1, err[-2000:]
     assert err.strip().splitlines()[-1] == (
