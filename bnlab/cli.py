@@ -195,7 +195,8 @@ def train_command(argv: list[str]) -> int:
 
     _enable_compilation_cache()
     prepared = train.prepare(config)  # every check, before the first write or compile
-    run_dir = tracking.SweepDir(flag_values.workdir).run(train.run_name(config, overrides))
+    run_dir = tracking.SweepDir(flag_values.workdir).run(
+        train.run_name(config, overrides, train.existing_runs(flag_values.workdir)))
     # The run is claimed as a sweep's worker claims it: a second `train` of the same
     # run (or a sweep's worker) never trains it at the same time.
     # Of a multi-process run, process 0 claims it, as it alone writes it.
@@ -294,8 +295,8 @@ def sweep_command(argv: list[str]) -> int:
         raise
     except Exception as error:
         raise ConfigError("file", str(sweep_file), config_lib.cannot_load(error)) from None
-    runs = sweep.select(sweep.plan(base, grid, override_values), flag_values.only,
-                        flag_values.limit)
+    runs = sweep.select(sweep.plan(base, grid, override_values, flag_values.workdir),
+                        flag_values.only, flag_values.limit)
     if not runs:
         raise UsageError("no runs selected")
     if flag_values.dry_run:
@@ -306,6 +307,13 @@ def sweep_command(argv: list[str]) -> int:
     if not flag_values.workdir:
         raise UsageError("--workdir is required: the tracking directory of the sweep")
     workdir = Path(flag_values.workdir)
+    if flag_values.executor == "local":
+        # Workers share this machine's data and devices, so their checks hold here; a
+        # parent that checks allocates GPU memory only as it needs it (its workers
+        # need the rest).
+        if flag_values.jobs > 1:
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        sweep.check(runs)
     finished = sum(tracking.SweepDir(workdir).run(r.run_id).finished() for r in runs)
     launch = sweep.write_plan(workdir, runs, {
         "sweep_file": str(sweep_file.resolve()),

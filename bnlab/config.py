@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from pathlib import Path
@@ -195,6 +196,43 @@ LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id", "steps_pe
 def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The flattened fields that define what a run computes."""
     return {k: v for k, v in flatten(config).items() if k not in LAUNCH_FIELDS}
+
+
+# Fields added to bnlab with a default that computes differently from the code before
+# them: the value a config.json written before the field existed stands for. A
+# field added with a default that changes nothing needs no entry.
+ABSENT_MEANS: dict[str, Any] = {}
+
+
+@functools.cache
+def defaults() -> dict[str, Any]:
+    """The flattened identity of configs/default.py: what every run starts from."""
+    return identity(load_config_file(DEFAULT_CONFIG_FILE))
+
+
+def canonical(flat: dict[str, Any]) -> dict[str, Any]:
+    """The identity fields of a flat config (`identity`, or a config.json) that differ
+    from the defaults, numbers as the default's type (an int learning rate is a
+    float). What a run id hashes: a field added to bnlab with its default, or an
+    override that sets a default, leaves a run's id as it was."""
+    flat = {k: v for k, v in flat.items() if k not in LAUNCH_FIELDS}
+    for field, value in ABSENT_MEANS.items():
+        flat.setdefault(field, value)
+    base = defaults()
+    differing = {}
+    for key, value in flat.items():
+        if key in base and isinstance(base[key], float) and isinstance(value, int) \
+                and not isinstance(value, bool):
+            value = float(value)
+        if key not in base or not _same(value, base[key]):
+            differing[key] = list(value) if isinstance(value, tuple) else value
+    return differing
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(value, tuple | list) and isinstance(default, tuple | list):
+        return list(value) == list(default)
+    return type(value) is type(default) and value == default
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:

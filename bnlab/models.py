@@ -288,17 +288,21 @@ DTYPES = ("float32", "bfloat16")  # compute dtypes
 
 def options(config: Any) -> dict[str, Any]:
     """The `make` options of `config.model` that a config sets (its `CONFIG`
-    fields), checked: a bad one is a `ConfigError`."""
-    chosen = {field: config[field] for field in MODELS[config.model].CONFIG}
-    if chosen.get("norm_placement", PLACEMENTS[0]) not in PLACEMENTS:
-        raise ConfigError("norm_placement", chosen["norm_placement"],
+    fields), checked. Every model's fields are checked, whatever the model: a bad
+    value the chosen model ignores is still one the user meant. A `ConfigError`."""
+    every = {field: config[field] for model in MODELS.values() for field in model.CONFIG
+             if field in config}
+    if every.get("norm_placement", PLACEMENTS[0]) not in PLACEMENTS:
+        raise ConfigError("norm_placement", every["norm_placement"],
                           f"allowed: {', '.join(PLACEMENTS)}")
-    depth, width = chosen.get("depth", 3), chosen.get("width", 1)
-    if not (isinstance(depth, int) and depth >= 3):
-        raise ConfigError("depth", depth, f"{config.model} needs depth >= 3 (conv layers)")
-    if not (isinstance(width, int) and width >= 1):
-        raise ConfigError("width", width, "must be a positive integer (channels)")
-    return chosen
+    if not isinstance(every.get("mask_padding", False), bool):
+        raise ConfigError("mask_padding", every["mask_padding"], "True or False")
+    depth, width = every.get("depth", 3), every.get("width", 1)
+    if not (isinstance(depth, int) and not isinstance(depth, bool) and depth >= 3):
+        raise ConfigError("depth", depth, "must be an integer >= 3 (plain_cnn's conv layers)")
+    if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
+        raise ConfigError("width", width, "must be a positive integer (plain_cnn's channels)")
+    return {field: config[field] for field in MODELS[config.model].CONFIG}
 
 
 def make(name: str, norm: str = "bn", num_classes: int = 10,

@@ -11,6 +11,7 @@ accelerator). The report goes to WORKDIR.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -31,9 +32,11 @@ def experiments_for(claims: tuple[claims_lib.Claim, ...]) -> list[str]:
 
 
 def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
-         overrides: dict[str, Any] | None = None) -> dict[str, list[sweep.Run]]:
+         overrides: dict[str, Any] | None = None,
+         workdir: str | Path | None = None) -> dict[str, list[sweep.Run]]:
     """Every run of every experiment the claims need, validated, before anything is
-    written: {experiment: runs}. `overrides` apply to every run (e.g. the dataset)."""
+    written: {experiment: runs}. `overrides` apply to every run (e.g. the dataset);
+    with `workdir`, runs already there keep their names (`sweep.plan`)."""
     planned = {}
     for name in experiments_for(claims):
         module = sweep.load_sweep_file(EXPERIMENTS_DIR / f"{name}.py")
@@ -44,7 +47,8 @@ def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
         if len(mine) < len(overrides or {}):
             print(f"{name}: keeps its own {', '.join(sorted(fixed & set(overrides or {})))}",
                   flush=True)
-        planned[name] = sweep.plan(module.get_config(scale), module.get_sweep(scale), mine)
+        planned[name] = sweep.plan(module.get_config(scale), module.get_sweep(scale), mine,
+                                   Path(workdir) / name if workdir else None)
     return planned
 
 
@@ -54,7 +58,10 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     """Runs the experiments of `claims` (skipping finished runs) and writes the report
     of every claim the runs in `workdir` can judge; returns the verdicts."""
     workdir = Path(workdir)
-    planned = plan(scale, claims, overrides)
+    planned = plan(scale, claims, overrides, workdir)
+    if jobs > 1:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as `sweep`
+    sweep.check([run for runs in planned.values() for run in runs])
     start = time.perf_counter()
     tracking_dir = tracking.SweepDir(workdir)
     about = tracking_dir.read_reproduce() or {"launches": []}

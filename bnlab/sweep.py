@@ -112,15 +112,26 @@ def load_sweep_file(path: str | Path):
 
 
 def plan(base: ml_collections.ConfigDict, grid: list[dict[str, Any]],
-         overrides: dict[str, Any] | None = None) -> list[Run]:
+         overrides: dict[str, Any] | None = None,
+         workdir: str | Path | None = None) -> list[Run]:
     """The runs of a grid on a base config. `overrides` (from the command line)
-    apply to every run after the grid, so they win; the run id names the grid's
-    fields. Every run is validated here, before anything is written."""
+    apply to every run; one that sets a field the grid sets is refused, as it would
+    turn the grid's runs into copies. The run id names the grid's fields; with
+    `workdir`, a run already there under another name keeps that name
+    (`train.existing_runs`). Every run is validated here, before anything is written."""
     from bnlab import train
 
     overrides = overrides or {}
     varied = list(dict.fromkeys(key for point in grid for key in point))
-    runs, seen = [], {}
+    clash = [key for key in overrides if key in varied]
+    if clash:
+        values = sorted({repr(point[clash[0]]) for point in grid if clash[0] in point})
+        raise config_lib.ConfigError(
+            clash[0], overrides[clash[0]],
+            f"the sweep's grid sets {clash[0]} ({', '.join(values)}); drop the override, "
+            "or pick runs with --only")
+    existing = train.existing_runs(workdir) if workdir else {}
+    runs, seen = [], set()
     for point in grid:
         config = ml_collections.ConfigDict(base.to_dict())
         for key, value in {**point, **overrides}.items():
@@ -128,12 +139,26 @@ def plan(base: ml_collections.ConfigDict, grid: list[dict[str, Any]],
                 raise config_lib.ConfigError(key, value, "no such config field")
             config[key] = value
         config_lib.validate(config)
-        run_id = train.run_name(config, varied)
-        if run_id in seen:
-            continue  # the same resolved config twice: one run
-        seen[run_id] = True
-        runs.append(Run(run_id, config, point))
+        digest = train.run_digest(config)
+        if digest in seen:
+            continue  # the same computation twice: one run
+        seen.add(digest)
+        runs.append(Run(train.run_name(config, varied, existing), config, point))
     return runs
+
+
+def check(runs: list[Run]) -> None:
+    """What `train.prepare` checks (the data, every layer's shapes, the devices),
+    once per distinct shape (`train.check_key`), before a sweep writes anything: a
+    grid point that cannot run is one error line, not a failed run per point."""
+    from bnlab import train
+
+    checked = set()
+    for run in runs:
+        key = train.check_key(run.config)
+        if key not in checked:
+            train.prepare(run.config)
+            checked.add(key)
 
 
 def select(runs: list[Run], only: str | None = None, limit: int | None = None) -> list[Run]:

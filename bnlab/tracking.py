@@ -136,14 +136,14 @@ def config_hash(flat_config: dict[str, Any]) -> str:
 
 
 def run_id(flat_config: dict[str, Any], varied: list[str], sgd_batch_size: int,
-           norm_batch_size: int) -> str:
+           norm_batch_size: int, digest: str) -> str:
     """Readable and deterministic: the varied fields, the two batch sizes (SGD and
-    normalization), then a hash of the whole resolved config, e.g.
+    normalization), then `digest`, the hash of what the run computes, e.g.
     `norm=gn,batch_size=8-sgd8-nb1-1a2b3c4d`."""
     parts = [f"{key.split('.')[-1]}={flat_config[key]}" for key in varied if key in flat_config]
     readable = re.sub(r"[^A-Za-z0-9=,._+-]", "_", ",".join(parts))[:120]
     batches = f"sgd{sgd_batch_size}-nb{norm_batch_size}"
-    return "-".join(p for p in (readable, batches, config_hash(flat_config)) if p)
+    return "-".join(p for p in (readable, batches, digest) if p)
 
 
 def layer_names(names) -> list[str]:
@@ -427,6 +427,12 @@ class SweepDir:
 
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.path / RUNS / run_id)
+
+    def runs(self) -> list[RunDir]:
+        """Its run directories (`runs/*`), sorted by name."""
+        root = self.path / RUNS
+        found = sorted(root.iterdir()) if root.is_dir() else []
+        return [RunDir(path) for path in found if RunDir(path).is_run()]
 
     def record_launch(self, runs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         """Writes sweep.json (appending this launch to its history), a pending run

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -126,12 +127,39 @@ def batch_sizes(config: ml_collections.ConfigDict,
     return {"sgd_batch_size": config.batch_size, "norm_batch_size": norm_batch}
 
 
-def run_name(config: ml_collections.ConfigDict, varied: list[str]) -> str:
-    """The run's directory name: the varied fields, both batch sizes, a config hash."""
+def run_digest(config: ml_collections.ConfigDict | dict[str, Any]) -> str:
+    """The hash of what a run computes: its fields that differ from the defaults
+    (`config.canonical`). The same for a config and for the config.json it wrote."""
+    flat = config if isinstance(config, dict) else config_lib.flatten(config)
+    return tracking.config_hash(config_lib.canonical(flat))
+
+
+def run_name(config: ml_collections.ConfigDict, varied: list[str],
+             existing: dict[str, str] | None = None) -> str:
+    """The run's directory name: the varied fields, both batch sizes, the run's
+    digest; or, from `existing` (`existing_runs`), the name of a run directory that
+    already holds the same computation under another name."""
+    digest = run_digest(config)
+    if existing and digest in existing:
+        return existing[digest]
     sizes = batch_sizes(config)
     return tracking.run_id(config_lib.identity(config),
                            [k for k in varied if k not in config_lib.LAUNCH_FIELDS],
-                           sizes["sgd_batch_size"], sizes["norm_batch_size"])
+                           sizes["sgd_batch_size"], sizes["norm_batch_size"], digest)
+
+
+def existing_runs(workdir: str | Path) -> dict[str, str]:
+    """digest → name of the run directories of a tracking directory, read from their
+    config.json: a run planned again under another name is the run already there. That
+    covers an override that sets a default (`--config.learning_rate=0.05`, named for
+    it) and the ids of bnlab before 2026-12, which hashed every field; a finished
+    directory wins over an unfinished one of the same digest."""
+    found: dict[str, str] = {}
+    for run_dir in sorted(tracking.SweepDir(workdir).runs(), key=lambda d: not d.finished()):
+        flat = run_dir.config()
+        if flat:
+            found.setdefault(run_digest(flat), run_dir.name)
+    return found
 
 
 def resumable_step(run_dir: tracking.RunDir, config, checkpoints) -> int | None:
@@ -139,9 +167,9 @@ def resumable_step(run_dir: tracking.RunDir, config, checkpoints) -> int | None:
     if checkpoints is None or run_dir.finished():
         return None
     written = run_dir.config()  # {} when missing or damaged: no match
-    ours = tracking.jsonable(config_lib.identity(config))
-    theirs = {k: v for k, v in written.items() if k not in config_lib.LAUNCH_FIELDS}
-    if ours != theirs:
+    canonical = [tracking.jsonable(config_lib.canonical(flat))
+                 for flat in (written, config_lib.flatten(config))]
+    if not written or canonical[0] != canonical[1]:
         return None
     return checkpoints.latest_step() or None
 
@@ -203,6 +231,22 @@ def _summary(config, train_examples: int, steps_done: int, diverged_step: int | 
 # Fields that are values inside the compiled step (optimizer hyperparameters, the init
 # key, the batch order): runs that differ only in these can train as one program.
 PACK_FIELDS = ("learning_rate", "weight_decay", "seed")
+
+
+# Fields `prepare` checks no further than `config.validate` does: numbers inside the
+# step and its schedule, length and logging. Runs that differ only in these need one
+# `prepare` to check them all (`sweep.check`).
+UNSHAPED = PACK_FIELDS + (
+    "momentum", "nesterov", "bn_momentum", "norm_epsilon", "optimizer", "schedule",
+    "warmup_steps", "step_boundaries", "step_decay", "num_epochs", "num_steps", "log_every",
+    "eval_every", "target_accuracy", "checkpoint_every", "decay_norm_params", "bn_eval",
+    "precise_bn_batches", "log_grad_norms", "log_activations", "log_landscape")
+
+
+def check_key(config: ml_collections.ConfigDict) -> str:
+    """Runs with the same key pass or fail `prepare`'s checks together."""
+    identity = config_lib.identity(config)
+    return tracking.config_hash({k: v for k, v in identity.items() if k not in UNSHAPED})
 
 
 def pack_key(config: ml_collections.ConfigDict) -> str | None:

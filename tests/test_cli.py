@@ -72,6 +72,9 @@ BAD_INPUT = [
     (["--config.step_decay=-1"], "config.step_decay=-1.0: must be a finite number > 0"),
     (["--config.num_epochs=inf"], "config.num_epochs=inf: must be a finite number > 0"),
     (["--config.model=plain_cnn", "--config.width=0"], "config.width=0: must be a positive"),
+    # A field of a model other than the chosen one: still checked.
+    (["--config.width=0"], "config.width=0: must be a positive integer (plain_cnn's"),
+    (["--config.depth=-2"], "config.depth=-2: must be an integer >= 3"),
     (["--config.step_boundaries=(0.5, 2.0)"], "config.step_boundaries=(0.5, 2.0): must be"),
 ]
 

@@ -393,3 +393,111 @@ def test_a_claim_without_a_pid_is_stale_not_everyones(tmp_path):
     run.path.mkdir()
     tracking.write_json_atomic(run.path / tracking.CLAIM, {"host": socket.gethostname()})
     assert run.claim_is_stale() and run.claim("relaunch")
+
+
+GRID_FILE = '''
+from bnlab.config import load_config_file
+from bnlab.sweep import axis, product
+
+def get_config():
+    config = load_config_file("{root}/configs/default.py")
+    config.dataset = "{dataset}"
+    config.norm = "gn"
+    config.batch_size = 16
+    config.num_steps = 4
+    return config
+
+def get_sweep():
+    return product(axis("num_groups", {groups}), axis("learning_rate", [0.01, 0.02]))
+'''
+
+
+@pytest.mark.parametrize("dataset, groups, extra, message", [
+    ("synthetic", [8, 3], [], "num_groups"),
+    ("fashion_mnist", [8], ["--config.data_dir=/nonexistent"],
+     "config.data_dir='/nonexistent': Fashion-MNIST IDX files not found"),
+])
+def test_a_sweep_checks_shapes_and_data_before_writing(cli, tmp_path, dataset, groups, extra,
+                                                       message):
+    """Probe 11: a grid point that cannot run (GN with 3 groups of 16 channels, a
+    data_dir without the data) wrote every run directory and failed each such run,
+    the reason only in its status.json. Now: one line, exit 2, nothing written."""
+    sweep_file = tmp_path / "grid.py"
+    sweep_file.write_text(GRID_FILE.format(root=ROOT, dataset=dataset, groups=groups))
+    workdir = tmp_path / "w"
+    result = cli("sweep", sweep_file, f"--workdir={workdir}", *extra)
+    assert_one_line_error(result, message)
+    assert not workdir.exists()
+
+
+def test_an_override_of_a_field_the_grid_sets_is_refused(cli, tmp_path):
+    """Probe 12: `--config.batch_size=16` on the batch-size sweep planned every grid
+    point at batch 16 (copies, under the grid's names). Now: one line, exit 2."""
+    sweep_file = tmp_path / "grid.py"
+    sweep_file.write_text(GRID_FILE.format(root=ROOT, dataset="synthetic", groups=[8]))
+    workdir = tmp_path / "w"
+    result = cli("sweep", sweep_file, f"--workdir={workdir}", "--config.learning_rate=0.1")
+    assert_one_line_error(result, "config.learning_rate=0.1: the sweep's grid sets "
+                                  "learning_rate (0.01, 0.02); drop the override")
+    assert not workdir.exists()
+
+
+SMALL_RUN = ["train", "--config.dataset=synthetic", "--config.num_steps=4",
+             "--config.log_every=2", "--config.batch_size=16"]
+
+
+def test_an_override_that_sets_a_default_is_the_same_run(cli, tmp_path):
+    """Probe 13: `--config.learning_rate=0.05` (the default) made a second directory
+    of the same run, which analysis counted as a second seed. Now the second command
+    finds the first's run finished."""
+    workdir = tmp_path / "w"
+    first = cli(*SMALL_RUN, f"--workdir={workdir}")
+    assert first.returncode == 0, first.stderr
+    again = cli(*SMALL_RUN, "--config.learning_rate=0.05", "--config.norm=bn",
+                f"--workdir={workdir}")
+    assert again.returncode == 0, again.stderr
+    assert "finished before, not run again" in again.stdout
+    assert len(list((workdir / tracking.RUNS).iterdir())) == 1
+    # A value that differs is another run.
+    other = cli(*SMALL_RUN, "--config.learning_rate=0.06", f"--workdir={workdir}")
+    assert other.returncode == 0 and "finished before" not in other.stdout
+    assert len(list((workdir / tracking.RUNS).iterdir())) == 2
+
+
+def test_runs_of_an_older_bnlab_are_found_and_not_run_again(cli, tmp_path, monkeypatch):
+    """Probe 14: the run id hashed every field, so a field added to bnlab renamed
+    every run and a relaunch trained them all again. Now the id hashes what differs
+    from the defaults, and a run directory of the old scheme (another name, a config
+    without the new field) is found by its config: train and a sweep reuse it."""
+    from test_sweep import _sweep_file
+
+    from bnlab import config as config_lib
+    from bnlab import train
+
+    workdir = tmp_path / "w"
+    sweep_file = _sweep_file(tmp_path, steps=4, rates=(0.01,))
+    assert cli("sweep", sweep_file, f"--workdir={workdir}").returncode == 0
+    # Made old: renamed as the old scheme named it, without a field added since.
+    for run_dir in list((workdir / tracking.RUNS).iterdir()):
+        config = json.loads((run_dir / tracking.CONFIG).read_text())
+        del config["decay_norm_params"]
+        (run_dir / tracking.CONFIG).write_text(json.dumps(config))
+        run_dir.rename(run_dir.with_name(run_dir.name[:-8] + "0ld1d000"))
+    old = sorted(d.name for d in (workdir / tracking.RUNS).iterdir())
+    relaunch = cli("sweep", sweep_file, f"--workdir={workdir}")
+    assert relaunch.returncode == 0, relaunch.stderr
+    assert "2 runs, 2 finished before" in relaunch.stdout
+    assert sorted(d.name for d in (workdir / tracking.RUNS).iterdir()) == old
+    # Had the new field's default changed what a run computes, the old runs would
+    # stand for the old value, and not be taken for runs of the new default.
+    monkeypatch.setattr(config_lib, "ABSENT_MEANS", {"decay_norm_params": True})
+    assert train.existing_runs(workdir) and all(
+        name not in old for name in
+        (run.run_id for run in _planned(sweep_file, workdir)))
+
+
+def _planned(sweep_file, workdir):
+    from bnlab import sweep
+
+    module = sweep.load_sweep_file(sweep_file)
+    return sweep.plan(module.get_config(), module.get_sweep(), {}, workdir)

@@ -159,5 +159,8 @@ def test_a_config_reaches_the_model_and_its_norm_as_their_options(small_config):
     config.model = "simple_cnn"
     assert models.options(config) == {"norm_placement": "before_activation"}
     config.update(model="plain_cnn", depth=2)
-    with pytest.raises(ConfigError, match="plain_cnn needs depth >= 3"):
+    with pytest.raises(ConfigError, match=r"depth=2: must be an integer >= 3 \(plain_cnn's"):
+        models.options(config)
+    config.update(model="simple_cnn")  # another model's bad field: still refused
+    with pytest.raises(ConfigError, match="depth=2"):
         models.options(config)

@@ -64,12 +64,39 @@ def test_read_metrics_skips_a_torn_last_line(tmp_path):
 
 
 def test_run_id_is_readable_and_deterministic():
-    flat = {"norm": "gn", "batch_size": 8, "seed": 0, "data_dir": None}
+    from bnlab import config as config_lib
+    from bnlab import train
+
+    flat = {**config_lib.defaults(), "norm": "gn", "batch_size": 8}
     varied = ["norm", "batch_size"]
-    a = tracking.run_id(flat, varied, 8, 1)
-    assert a.startswith("norm=gn,batch_size=8-sgd8-nb1-")
-    assert a == tracking.run_id(dict(flat), varied, 8, 1)
-    assert a != tracking.run_id({**flat, "seed": 1}, varied, 8, 1)
+    a = tracking.run_id(flat, varied, 8, 1, train.run_digest(flat))
+    assert a == f"norm=gn,batch_size=8-sgd8-nb1-{train.run_digest(flat)}"
+    assert train.run_digest(flat) == train.run_digest(dict(flat))
+    assert train.run_digest(flat) != train.run_digest({**flat, "seed": 1})
+
+
+def test_the_digest_hashes_what_differs_from_the_defaults(monkeypatch):
+    """Issue 18, probes 13-14: an override that sets a default, a field added to
+    bnlab with its default, an int for a float field: the same run."""
+    from bnlab import config as config_lib
+    from bnlab import train
+
+    defaults = config_lib.defaults()
+    flat = {**defaults, "norm": "gn"}
+    digest = train.run_digest(flat)
+    assert digest == train.run_digest({"norm": "gn"})  # fields at their default
+    assert digest == train.run_digest({**flat, "steps_per_call": 5})  # launch fields
+    assert digest != train.run_digest({**flat, "learning_rate": 0.5})
+    assert train.run_digest({**flat, "learning_rate": 1}) == train.run_digest(
+        {**flat, "learning_rate": 1.0})
+    # A field bnlab adds later, with a default that computes as before:
+    monkeypatch.setattr(config_lib, "defaults", lambda: {**defaults, "new_field": 3})
+    assert train.run_digest({**flat, "new_field": 3}) == digest
+    assert train.run_digest({**flat, "new_field": 4}) != digest
+    # ... or one whose default computes differently: an old config means the old value.
+    monkeypatch.setattr(config_lib, "ABSENT_MEANS", {"new_field": 4})
+    assert train.run_digest(flat) == train.run_digest({**flat, "new_field": 4})
+    assert train.run_digest(flat) != train.run_digest({**flat, "new_field": 3})
 
 
 def test_a_killed_run_leaves_no_summary(tmp_path):
