@@ -786,12 +786,27 @@ class Checkpoints:
                 refused = _os_error(error)
                 if refused is None:
                     raise
-                import shutil
-
-                for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-                    shutil.rmtree(tmp, ignore_errors=True)
+                self._remove_temporary()
                 self._manager = None  # reopened by the next call, in a known state
+                _drop_closed_loop_callbacks()
                 raise Unwritable(self.directory, refused) from error
+
+    def _remove_temporary(self, settle_s: float = 0.5, limit_s: float = 10.0) -> None:
+        """Removes the temporary folder of a failed save until it stays gone for
+        `settle_s`: TensorStore's writes still in flight when the save raised finish
+        later, and create their files (and folders) again."""
+        import shutil
+
+        start = quiet_since = time.monotonic()
+        while time.monotonic() - start < limit_s:
+            left = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
+            for tmp in left:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if left:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settle_s:
+                return
+            time.sleep(0.05)
 
     def restore(self, step: int, host_target: Any) -> Any:
         return self._open().restore(step, args=_orbax_args().StandardRestore(host_target))
@@ -818,6 +833,25 @@ def _os_error(error: BaseException) -> OSError | None:
             return OSError(number, os.strerror(number))
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """For the rest of the process, drops TensorStore's late callbacks into the event
+    loop of a failed Orbax save: writes still in flight when the save raised (and
+    Orbax closed its loop) call back into it, each an unraisable RuntimeError 'Event
+    loop is closed' printed as a traceback, as late as they finish. Any other
+    unraisable exception goes to the hook as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 class _Kept(logging.Handler):
