@@ -1,7 +1,8 @@
 """`python -m bnlab <command>`.
 
 Exit codes: 0 done (a diverged run is a result, so 0 too), 2 bad input (one line
-on stderr, nothing written), 1 a crash, 130 interrupted.
+on stderr, nothing written), 1 a crash, runs that did not finish, or a disk that
+refused a write (one line naming the file), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from bnlab.config import CPU_FUSIONS, DEFAULT_CONFIG_FILE, ConfigError, flatten
 from bnlab.fast import heap
-from bnlab.tracking import Unfinished
+from bnlab.tracking import Unfinished, Unwritable
 
 DEFAULT_CONFIG = DEFAULT_CONFIG_FILE
 USAGE = """usage: python -m bnlab <command> [flags]
@@ -354,7 +355,14 @@ def worker_command(argv: list[str]) -> int:
     _enable_compilation_cache()
     pack = json.loads(argv[3]) if len(argv) == 4 else {}
     with sweep.stop_at_safe_points():
-        print(json.dumps(sweep.work(argv[1], argv[2], **pack)), flush=True)
+        try:
+            print(json.dumps(sweep.work(argv[1], argv[2], **pack)), flush=True)
+        except Unwritable as error:
+            # To the sweep process (which reads this output), to say as its one line:
+            # every worker on a full disk printing its own would say it N + 1 times.
+            first = error.first()
+            print(json.dumps({"unwritable": [first.path, first.reason]}), flush=True)
+            return 1
     return 0
 
 
@@ -401,11 +409,15 @@ def ls_command(argv: list[str]) -> int:
             runs.to_csv(sys.stdout, index=False)
             return 0
         temporary = Path(f"{out}.tmp.{os.getpid()}")  # nothing half-written at OUT
-        if fmt == "csv":
-            runs.to_csv(temporary, index=False)
-        else:
-            _to_parquet(runs, temporary)
-        os.replace(temporary, out)
+        try:
+            if fmt == "csv":
+                runs.to_csv(temporary, index=False)
+            else:
+                _to_parquet(runs, temporary)
+            os.replace(temporary, out)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise Unwritable(out, error) from error
         print(f"wrote {len(runs)} runs to {out}")
         return 0
     run_dirs = tracking.find_runs(folder)
@@ -600,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Unfinished as error:  # runs that did not end: not a success
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Unwritable as error:  # a read-only or full disk: the first write it refused
+        print(f"error: {error.first()}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `bnlab ls DIR | head`: the reader has what it wanted
         with open(os.devnull, "w") as devnull:  # Python's own flush at exit writes there

@@ -6,6 +6,7 @@ a PNG per measured claim, drawn by the figure the claim declares
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ from bnlab.claims import CLAIMS, NOT_MEASURED, Claim, Verdict, evaluate
 from bnlab.stats import Estimate
 
 
-def _figure(claim: Claim, verdict: Verdict, path: Path) -> bool:
-    """The claim's figure of a measured verdict, saved to `path`; False when the
-    claim declares none."""
+def _figure(claim: Claim, verdict: Verdict) -> bytes | None:
+    """The claim's figure of a measured verdict as PNG bytes (written with the report,
+    by `tracking`); None when the claim declares none."""
     if claim.figure is None or verdict.verdict == NOT_MEASURED:
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, whatever the backend configured
@@ -28,8 +29,9 @@ def _figure(claim: Claim, verdict: Verdict, path: Path) -> bool:
     fig = plt.figure()
     try:
         claim.figure(verdict, fig)
-        fig.savefig(path, dpi=80, bbox_inches="tight")
-        return True
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=80, bbox_inches="tight")
+        return png.getvalue()
     finally:
         plt.close(fig)
 
@@ -70,9 +72,9 @@ def _detail_lines(details: dict[str, Any], indent: str = "") -> list[str]:
 def write_report(workdir: str | Path, out: str | Path | None = None,
                  claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
     """report.md, claims.json and a PNG per measured claim, in `out` (default: the
-    tracking directory itself), from the runs under `workdir`; trains nothing."""
+    tracking directory itself), from the runs under `workdir`; trains nothing. All
+    are written at the end, each whole (`tracking.Unwritable` where the disk refuses)."""
     out = Path(out or workdir)
-    out.mkdir(parents=True, exist_ok=True)
     runs = analysis.load_runs(workdir)
     verdicts = evaluate(runs, claims)
     about = tracking.SweepDir(workdir).read_reproduce()
@@ -85,10 +87,12 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
              "says what was compared.", "",
              "| claim | verdict | effect | estimate [95% interval] | the article says |",
              "|---|---|---|---|---|"]
-    sections = []
+    sections, figures = [], {}
     for claim, verdict in zip(claims, verdicts, strict=True):
         figure = f"{claim.id}.png"
-        drawn = _figure(claim, verdict, out / figure)
+        drawn = _figure(claim, verdict)
+        if drawn:
+            figures[figure] = drawn
         effect, estimate = verdict.effect, _format(verdict.estimate)
         for other in verdict.details.get("other_models", []):  # C5 on each model it ran
             effect += f"; {other['model']}: {other['verdict']}"
@@ -115,5 +119,5 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
     tracking.SweepDir(out).write_report("\n".join(lines + sections) + "\n", [
         {"id": c.id, "text": c.text, "experiments": list(c.experiments),
          "reference": c.reference, **v.jsonable()}
-        for c, v in zip(claims, verdicts, strict=True)])
+        for c, v in zip(claims, verdicts, strict=True)], figures)
     return verdicts

@@ -256,9 +256,9 @@ def _run_one(workdir: Path, run_id: str, launch_id: str) -> None:
 
     sweep_dir = tracking.SweepDir(workdir)
     run_dir = sweep_dir.run(run_id)
-    sweep_dir.log_event(event="start", run=run_id, launch=launch_id)
     outcome = "failed"
-    try:
+    try:  # the start event too: a claimed run is released whatever fails
+        sweep_dir.log_event(event="start", run=run_id, launch=launch_id)
         with run_dir.heartbeat():
             summary = train.train_and_evaluate(config_from_dir(run_dir), str(run_dir.path))
         outcome = summary["status"]
@@ -266,10 +266,14 @@ def _run_one(workdir: Path, run_id: str, launch_id: str) -> None:
         outcome = "interrupted"
         raise
     except Exception as error:
-        run_dir.record_failure(launch_id, error)  # the sweep goes on
+        run_dir.record_failure(launch_id, error)  # the sweep goes on,
+        if isinstance(error, tracking.Unwritable):
+            raise  # unless the disk refused a write: every run after would fail on it
     finally:
-        sweep_dir.log_event(event="end", run=run_id, launch=launch_id, outcome=outcome)
-        run_dir.release()
+        try:
+            sweep_dir.log_event(event="end", run=run_id, launch=launch_id, outcome=outcome)
+        finally:
+            run_dir.release()
 
 
 def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
@@ -277,10 +281,11 @@ def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
 
     sweep_dir = tracking.SweepDir(workdir)
     run_dirs = [sweep_dir.run(run_id) for run_id in run_ids]
-    for run_id in run_ids:
-        sweep_dir.log_event(event="start", run=run_id, launch=launch_id, packed=len(run_ids))
     outcomes = ["failed"] * len(run_ids)
     try:
+        for run_id in run_ids:
+            sweep_dir.log_event(event="start", run=run_id, launch=launch_id,
+                                packed=len(run_ids))
         with tracking.Heartbeat(*run_dirs):
             summaries = train.train_packed([config_from_dir(d) for d in run_dirs],
                                            [str(d.path) for d in run_dirs])
@@ -295,10 +300,16 @@ def _run_packed(workdir: Path, run_ids: list[str], launch_id: str) -> None:
                 outcomes[i] = state
             else:
                 run_dir.record_failure(launch_id, error)
+        if isinstance(error, tracking.Unwritable):
+            raise  # as in _run_one
     finally:
-        for run_id, run_dir, outcome in zip(run_ids, run_dirs, outcomes, strict=True):
-            sweep_dir.log_event(event="end", run=run_id, launch=launch_id, outcome=outcome)
-            run_dir.release()
+        try:
+            for run_id, outcome in zip(run_ids, outcomes, strict=True):
+                sweep_dir.log_event(event="end", run=run_id, launch=launch_id,
+                                    outcome=outcome)
+        finally:  # released however the events went
+            for run_dir in run_dirs:
+                run_dir.release()
 
 
 def wait_for_runs(workdir: Path, run_ids: list[str], poll_s: float = 2.0) -> dict[str, int]:
@@ -399,12 +410,18 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
         if stop.is_set():
             raise KeyboardInterrupt
     totals: dict[str, int] = {}
+    refused = None
     for worker in workers:
         out = worker.stdout.read() if worker.stdout else ""
         for line in out.splitlines():
             if line.startswith("{"):
-                for key, value in json.loads(line).items():
+                record = json.loads(line)
+                said = record.pop("unwritable", None)
+                refused = refused or said
+                for key, value in record.items():
                     totals[key] = totals.get(key, 0) + value
+    if refused:  # a worker stopped on a read-only or full disk (`cli.worker_command`)
+        raise tracking.Unwritable(*refused)
     return totals
 
 

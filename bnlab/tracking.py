@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
+import logging
 import math
 import os
 import platform
@@ -47,6 +49,63 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class Unwritable(Exception):
+    """A write the disk refused (read-only, full, gone), as one line: `cannot write
+    PATH: [Errno N] reason`. Raised by this module's writers (the tracking directory's
+    only ones) in place of the OSError; `cli.main` prints it and exits 1."""
+
+    def __init__(self, path: str | Path, error: OSError | str):
+        if isinstance(error, OSError) and error.errno:
+            error = f"[Errno {error.errno}] {error.strerror}"  # without the file: PATH says it
+        super().__init__(f"cannot write {path}: {error}")
+        self.path, self.reason = str(path), str(error)
+
+    def first(self) -> Unwritable:
+        """The earliest Unwritable this one was raised while handling: on a full disk
+        the handlers' own writes fail too, and the first write is the one to name."""
+        first, seen = self, self.__context__
+        while seen is not None:
+            if isinstance(seen, Unwritable):
+                first = seen
+            seen = seen.__context__
+        return first
+
+
+@contextlib.contextmanager
+def _writing(path: str | Path):
+    """The block's OSError as `Unwritable(path)`; an inner Unwritable (a more precise
+    path) passes through."""
+    try:
+        yield
+    except OSError as error:
+        raise Unwritable(path, error) from error
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte of `data` to `fd`: the one primitive this module writes bytes with
+    (os.write may write part of them where the disk fills up)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _append(fd: int, data: bytes, path: Path) -> None:
+    """`data` at the end of an O_APPEND file, whole or not at all: a write the disk
+    refuses is cut off again, so the file never ends in part of a line or record."""
+    size = os.fstat(fd).st_size
+    try:
+        _write_all(fd, data)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise Unwritable(path, error) from error
+
+
+def _mkdir(path: Path) -> None:
+    with _writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """JSON to a temp file, fsync, rename: a reader sees the old file or the new one."""
     write_text_atomic(Path(path), json.dumps(jsonable(obj), indent=1, sort_keys=True,
@@ -54,17 +113,26 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from others on a shared disk
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename; a refused write leaves no temp file and raises
+    `Unwritable`."""
+    path = Path(path)
+    with _writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            try:
+                os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from others
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def read_json(path: Path) -> Any:
@@ -206,7 +274,8 @@ HEARTBEAT_S = 20.0
 def _locked(path: Path):
     """An exclusive flock on `path` (created if missing) for the block. Where the
     filesystem has no locks (ENOLCK), the block runs unlocked, as before locks."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    with _writing(path):
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -306,16 +375,20 @@ class RunDir:
         """A planned run: its config and status 'pending', unless it exists already
         (with a config that can be read: a damaged one is planned anew)."""
         if not self.config():
-            self.path.mkdir(parents=True, exist_ok=True)
+            _mkdir(self.path)
             write_json_atomic(self.path / CONFIG, config)
             write_json_atomic(self.path / STATUS, {"status": "pending"})
 
     def record_failure(self, launch_id: str, error: BaseException) -> None:
-        """Status 'failed', with the launch that failed it (a relaunch retries it)."""
+        """Status 'failed', with the launch that failed it (a relaunch retries it).
+        A handler of `error`: where the disk refuses this write too, it gives up
+        quietly, and `error` is what the caller reports (the run then reads
+        interrupted once its worker has gone)."""
         status = self.status()
         status.update(status="failed", launch=launch_id,
                       error=status.get("error") or repr(error))
-        write_json_atomic(self.path / STATUS, status)
+        with contextlib.suppress(Unwritable):
+            write_json_atomic(self.path / STATUS, status)
 
     def owner(self) -> dict[str, Any] | None:
         """Who holds the run (claim.json: host, pid, launch), or None when nobody
@@ -352,7 +425,7 @@ class RunDir:
         a stale one is taken over; so two workers never both win a run."""
         if self.finished():
             return False
-        self.path.mkdir(parents=True, exist_ok=True)
+        _mkdir(self.path)
         with _locked(self.path / CLAIM_LOCK):
             if self.finished():
                 return False
@@ -373,7 +446,8 @@ class RunDir:
             return
         with _locked(self.path / CLAIM_LOCK):
             if self._mine(self.owner()):
-                self._claim_file.unlink(missing_ok=True)
+                with _writing(self._claim_file):
+                    self._claim_file.unlink(missing_ok=True)
 
     def touch_claim(self) -> None:
         """The owner's heartbeat: a claim untouched for `STALE_AFTER_S` is stale."""
@@ -438,8 +512,8 @@ class SweepDir:
         """Writes sweep.json (appending this launch to its history), a pending run
         directory for each new run (`runs`: run id → flat config) and the launch's
         run list; returns the launch id."""
-        (self.path / RUNS).mkdir(parents=True, exist_ok=True)
-        (self.path / LAUNCHES).mkdir(exist_ok=True)
+        _mkdir(self.path / RUNS)
+        _mkdir(self.path / LAUNCHES)
         sweep_path = self.path / SWEEP
         launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         # Read, add, write under the sweep's lock: concurrent launches keep every entry.
@@ -448,7 +522,8 @@ class SweepDir:
             if sweep is not None and not isinstance(sweep.get("launches"), list):
                 # Damaged (warned): kept aside, not overwritten; the history restarts.
                 kept = sweep_path.with_name(f"{SWEEP}.damaged.{launch_id}")
-                os.replace(sweep_path, kept)
+                with _writing(kept):
+                    os.replace(sweep_path, kept)
                 print(f"warning: kept the damaged {SWEEP} as {kept}", file=sys.stderr)
                 sweep = None
             sweep = sweep or {"launches": []}
@@ -469,9 +544,11 @@ class SweepDir:
         Short O_APPEND writes land whole, so concurrent workers do not interleave."""
         line = json.dumps({"time": time.time(), "host": socket.gethostname(),
                            "pid": os.getpid(), **event}) + "\n"
-        fd = os.open(self.path / EVENTS, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+        path = self.path / EVENTS
+        with _writing(path):
+            fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
         try:
-            os.write(fd, line.encode())
+            _append(fd, line.encode(), path)
         finally:
             os.close(fd)
 
@@ -480,17 +557,22 @@ class SweepDir:
         return read_dict(self.path / REPRODUCE) or {}
 
     def write_reproduce(self, about: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        _mkdir(self.path)
         write_json_atomic(self.path / REPRODUCE, about)
 
     def report_paths(self) -> tuple[Path, Path]:
         """Where the claims report goes: report.md and claims.json."""
         return self.path / REPORT, self.path / CLAIMS
 
-    def write_report(self, markdown: str, claims: list[dict[str, Any]]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / REPORT, markdown)
+    def write_report(self, markdown: str, claims: list[dict[str, Any]],
+                     figures: dict[str, bytes] | None = None) -> None:
+        """report.md, claims.json and the figures (file name → PNG bytes), each
+        written whole; report.md last, so the figures it shows are there."""
+        _mkdir(self.path)
+        for name, png in (figures or {}).items():
+            write_bytes_atomic(self.path / name, png)
         write_json_atomic(self.path / CLAIMS, claims)
+        write_text_atomic(self.path / REPORT, markdown)
 
 
 def find_runs(root: str | Path) -> list[RunDir]:
@@ -525,8 +607,9 @@ class RunWriter:
         never deleted: other workers read status.json at any moment."""
         if not self.active:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / METRICS).unlink(missing_ok=True)
+        _mkdir(self.run_dir)
+        with _writing(self.run_dir / METRICS):
+            (self.run_dir / METRICS).unlink(missing_ok=True)
         self._open(config, hparams)
 
     def resume(self, config: dict[str, Any], hparams: dict[str, Any],
@@ -546,20 +629,21 @@ class RunWriter:
     def _open(self, config: dict[str, Any], hparams: dict[str, Any], **status: Any) -> None:
         """Writes config, env and status 'running'; opens metrics.jsonl for appending and
         a fresh TensorBoard file (older ones removed) with the HParams."""
-        (self.run_dir / SUMMARY).unlink(missing_ok=True)
-        for old in self.run_dir.glob("events.out.tfevents.*"):
-            old.unlink()
-        # Temp files of atomic writes that a killed attempt left half-done: this run is
-        # ours now (claimed, or a plain `train`), so nobody else is writing them.
-        for old in self.run_dir.glob(".*.tmp"):
-            old.unlink(missing_ok=True)
+        with _writing(self.run_dir):
+            (self.run_dir / SUMMARY).unlink(missing_ok=True)
+            for old in self.run_dir.glob("events.out.tfevents.*"):
+                old.unlink()
+            # Temp files of atomic writes that a killed attempt left half-done: this run
+            # is ours now (claimed, or a plain `train`), so nobody else is writing them.
+            for old in self.run_dir.glob(".*.tmp"):
+                old.unlink(missing_ok=True)
         write_json_atomic(self.run_dir / CONFIG, config)
         write_json_atomic(self.run_dir / ENV, environment())
         self._status = {"status": "running", "started": _now(), "host": socket.gethostname(),
                         "pid": os.getpid(), **status}
         write_json_atomic(self.run_dir / STATUS, self._status)
         # Open for the run's life, a line per log; closed by finish() or fail().
-        self._metrics = open(self.run_dir / METRICS, "a")  # noqa: SIM115
+        self._metrics = _AppendFile(self.run_dir / METRICS)
         self._events = _EventWriter(self.run_dir)
         self._events.hparams(hparams, trial_id=self.run_dir.name)
 
@@ -567,8 +651,7 @@ class RunWriter:
         if not self.active:
             return
         row = jsonable({"step": step, **metrics})
-        self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
-        self._metrics.flush()
+        self._metrics.write((json.dumps(row, sort_keys=True) + "\n").encode())
         self._events.scalars(step, _scalars(row))
 
     def finish(self, status: str, summary: dict[str, Any], **details: Any) -> None:
@@ -583,7 +666,8 @@ class RunWriter:
 
     def fail(self, error: BaseException) -> None:
         """Status 'failed' with the error; 'interrupted' for Ctrl-C (a relaunch
-        resumes it, from its checkpoint when it has one)."""
+        resumes it, from its checkpoint when it has one). A handler of `error`: where
+        the disk refuses this write too, it gives up quietly and `error` goes on."""
         if not self.active:
             return
         self._close()
@@ -592,7 +676,8 @@ class RunWriter:
         else:
             message = f"{type(error).__name__}: {error}".strip()
             self._status.update(status="failed", finished=_now(), error=message[:2000])
-        write_json_atomic(self.run_dir / STATUS, self._status)
+        with contextlib.suppress(Unwritable):
+            write_json_atomic(self.run_dir / STATUS, self._status)
 
     def _close(self) -> None:
         for handle in (self._metrics, self._events):
@@ -606,6 +691,27 @@ def _scalars(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}
 
 
+class _AppendFile:
+    """A file appended to a whole line or record at a time (`_append`): what a
+    refused write leaves is the file as it was before it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with _writing(path):
+            self._fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+
+    def write(self, data: bytes) -> None:
+        _append(self._fd, bytes(data), self.path)
+
+    def flush(self) -> None:  # every write went to the file already
+        pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class _EventWriter:
     """TensorBoard scalars and HParams in an event file, written with tensorboard's
     record format on a plain file. (Its EventFileWriter imports TensorFlow for file
@@ -616,12 +722,13 @@ class _EventWriter:
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._writer = RecordWriter(open(run_dir / name, "wb"))  # noqa: SIM115
+        self._writer = RecordWriter(_AppendFile(run_dir / name))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _write(self, event) -> None:
+        # RecordWriter hands each record (header, data, checksums) to one write of
+        # the _AppendFile: a refused write leaves no part of a record.
         self._writer.write(event.SerializeToString())
-        self._writer.flush()
 
     def hparams(self, hparams: dict[str, Any], trial_id: str) -> None:
         from tensorboard.compat.proto import event_pb2
@@ -672,9 +779,40 @@ class Checkpoints:
         return self._open().latest_step()
 
     def save(self, step: int, host_state: Any) -> None:
-        if self.active:
-            self._open().save(step, args=_orbax_args().StandardSave(host_state))
-            self._open().wait_until_finished()
+        """A refused write (full disk) raises `Unwritable` for the checkpoint folder,
+        without Orbax's account of it and with its temporary folder removed; the
+        previous checkpoint stays (Orbax deletes it only after the new one is whole)."""
+        if not self.active:
+            return
+        with _quiet_when(Unwritable):
+            try:
+                self._open().save(step, args=_orbax_args().StandardSave(host_state))
+                self._open().wait_until_finished()
+            except Exception as error:
+                refused = _os_error(error)
+                if refused is None:
+                    raise
+                self._remove_temporary()
+                self._manager = None  # reopened by the next call, in a known state
+                _drop_closed_loop_callbacks()
+                raise Unwritable(self.directory, refused) from error
+
+    def _remove_temporary(self, settle_s: float = 0.5, limit_s: float = 10.0) -> None:
+        """Removes the temporary folder of a failed save until it stays gone for
+        `settle_s`: TensorStore's writes still in flight when the save raised finish
+        later, and create their files (and folders) again."""
+        import shutil
+
+        start = quiet_since = time.monotonic()
+        while time.monotonic() - start < limit_s:
+            left = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
+            for tmp in left:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if left:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settle_s:
+                return
+            time.sleep(0.05)
 
     def restore(self, step: int, host_target: Any) -> Any:
         return self._open().restore(step, args=_orbax_args().StandardRestore(host_target))
@@ -683,8 +821,84 @@ class Checkpoints:
         if self.active and self.directory.is_dir():
             import shutil
 
-            shutil.rmtree(self.directory)
+            with _writing(self.directory):
+                shutil.rmtree(self.directory)
         self._manager = None
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OS error behind a failed Orbax save: an OSError, or TensorStore's error
+    (a ValueError ending in `[os_error_code='28']`); None for any other failure."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        code = re.search(r"os_error_code='?(\d+)", str(seen))
+        if code:
+            number = int(code.group(1))
+            return OSError(number, os.strerror(number))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """For the rest of the process, drops TensorStore's late callbacks into the event
+    loop of a failed Orbax save: writes still in flight when the save raised (and
+    Orbax closed its loop) call back into it, each an unraisable RuntimeError 'Event
+    loop is closed' printed as a traceback, as late as they finish. Any other
+    unraisable exception goes to the hook as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
+
+
+class _Kept(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]):
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _quiet_when(kind: type[BaseException]):
+    """Holds back what the block prints on stderr and logs to absl's and asyncio's
+    loggers, and drops it when the block raises `kind`: Orbax reports a refused write
+    in hundreds of lines (its threads' tracebacks, TensorStore's callbacks into a
+    closed event loop, futures never retrieved) before it raises the error that says
+    it all. Otherwise it is let through as it would have been."""
+    import gc
+
+    text, records = io.StringIO(), []
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [_Kept(records)], False
+    dropped = False
+    try:
+        with contextlib.redirect_stderr(text):
+            try:
+                yield
+            except kind:
+                gc.collect()  # the failed save's futures: logged now, while held back
+                dropped = True
+                raise
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate
+        if not dropped:
+            sys.stderr.write(text.getvalue())
+            for record in records:
+                logging.getLogger(record.name).handle(record)
 
 
 def _orbax_args():

@@ -1,9 +1,10 @@
-"""Fault injection: concurrent workers and commands, dead owners, damaged claims.
-Each test reproduces a failure a probe found and checks what is on disk after:
-every run trained once, no launch or metrics row lost."""
+"""Fault injection: concurrent workers and commands, dead owners, damaged claims, a
+read-only or full disk. Each test reproduces a failure a probe found and checks what
+is on disk after: every run trained once, no launch or metrics row lost."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -501,3 +502,182 @@ def _planned(sweep_file, workdir):
 
     module = sweep.load_sweep_file(sweep_file)
     return sweep.plan(module.get_config(), module.get_sweep(), {}, workdir)
+
+
+# ---------------------------------------------------------------- the disk (item 16)
+
+def _assert_one_line_failure(result, pattern: str) -> str:
+    """Exit code 1 and on stderr one line, `error: cannot write PATH: [Errno N] ...`,
+    matching `pattern` (a regular expression); returns the line."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, (result.stdout, result.stderr[-3000:])
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert re.fullmatch(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+def _read_only_folder() -> Path:
+    """A folder nobody may create, root included (sysfs: EPERM, EROFS where it is
+    mounted read-only): chmod does not stop root, and mounting needs privileges."""
+    folder = Path("/sys/bnlab-read-only")
+    try:
+        folder.mkdir()
+    except OSError:
+        return folder
+    folder.rmdir()
+    pytest.skip("/sys is writable here")
+
+
+def _limited(kib: int, args: list) -> list[str]:
+    """`args` run where the kernel refuses to write any file past `kib` KiB
+    (RLIMIT_FSIZE, with SIGXFSZ ignored: EFBIG), as a disk that fills up refuses a
+    write mid-file: for root too, without a mount. Set by bash, so that this process
+    (JAX's threads) does not fork to run a preexec_fn."""
+    return ["bash", "-c", f"ulimit -f {kib} && trap '' XFSZ && exec \"$@\"", "bash",
+            *map(str, args)]
+
+
+# JAX's persistent compilation cache would write entries past the limit too.
+NO_CACHE_WRITES = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
+
+
+def _assert_nothing_half_written(run: Path) -> None:
+    """Every file of the run whole: JSON files parse, metrics.jsonl ends in a whole
+    row, no temp file of an atomic write or of Orbax is left."""
+    for name in (tracking.CONFIG, tracking.STATUS, tracking.ENV, tracking.SUMMARY):
+        if (run / name).exists():
+            tracking.read_json(run / name)
+    metrics = (run / tracking.METRICS).read_bytes()
+    assert metrics.endswith(b"\n"), metrics[-200:]
+    assert all(isinstance(json.loads(line)["step"], int) for line in metrics.splitlines())
+    assert not list(run.glob(".*.tmp")) and not list(run.glob("**/*orbax-checkpoint-tmp*"))
+    assert not (run / tracking.CLAIM).exists()
+
+
+def test_a_read_only_workdir_fails_in_one_line_in_every_command_that_writes(cli, tmp_path):
+    """Probe 16: `train`, `sweep`, `reproduce` on a read-only workdir, `report` and
+    `ls --out` to a read-only folder ended in 24-35-line tracebacks. Now each says
+    which path it cannot write and why, in one line, exits 1, and writes nothing."""
+    from test_sweep import _sweep_file
+
+    read_only = _read_only_folder()
+    runs = tmp_path / "runs_here"
+    tracking.SweepDir(runs).run("r").write_pending({"norm": "bn", "seed": 0})
+    errno = r"\[Errno \d+\] .+"
+    cases = [
+        (["train", f"--workdir={read_only}", "--config.dataset=synthetic"],
+         rf"error: cannot write {read_only}/runs/[^:]+: {errno}"),
+        (["sweep", _sweep_file(tmp_path), f"--workdir={read_only}"],
+         rf"error: cannot write {read_only}/runs: {errno}"),
+        (["reproduce", "--scale=smoke", "--claims=C1", f"--workdir={read_only}"],
+         rf"error: cannot write {read_only}/\w+/runs: {errno}"),
+        (["report", runs, read_only], rf"error: cannot write {read_only}: {errno}"),
+        (["ls", runs, "--format=csv", f"--out={read_only}.csv"],
+         rf"error: cannot write {read_only}.csv: {errno}"),
+    ]
+    for args, pattern in cases:
+        _assert_one_line_failure(cli(*args), pattern)
+        assert not read_only.exists() and not Path(f"{read_only}.csv").exists()
+    assert sorted(p.name for p in (runs / tracking.RUNS / "r").iterdir()) == [
+        tracking.CONFIG, tracking.STATUS]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_the_disk_refuses_ends_in_one_line_not_orbax_noise(tmp_path):
+    """Probe 16: a full disk during an Orbax checkpoint printed 411 lines (its
+    threads' tracebacks, 'Event loop is closed' from callbacks). Now one line names
+    the checkpoint folder; the run is failed with that error, Orbax's temporary
+    folder is gone, every other file whole; freed, the rerun finishes."""
+    workdir = tmp_path / "w"
+    args = [*BNLAB, "train", f"--workdir={workdir}", "--config.dataset=synthetic",
+            "--config.num_steps=20", "--config.log_every=5", "--config.checkpoint_every=10"]
+    full = subprocess.run(_limited(100, args), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=NO_CACHE_WRITES)
+    (run,) = (workdir / tracking.RUNS).iterdir()
+    checkpoint = run.resolve() / tracking.CHECKPOINT
+    line = _assert_one_line_failure(
+        full, re.escape(f"error: cannot write {checkpoint}: [Errno 27] File too large"))
+    status = tracking.read_json(run / tracking.STATUS)
+    assert status["status"] == "failed" and line.removeprefix("error: ") in status["error"]
+    assert not (run / tracking.SUMMARY).exists() and not list(checkpoint.iterdir())
+    _assert_nothing_half_written(run)
+    freed = bnlab(*args[len(BNLAB):])
+    assert freed.returncode == 0, freed.stderr[-2000:]
+    assert tracking.RunDir(run).state() == "done"
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_disk_fills_mid_run_ends_in_one_line(tmp_path):
+    """Probe 16: a sweep worker whose disk filled up crashed with a traceback (its
+    failure handler wrote to the same disk). Now each worker stops at its refused
+    write, with its run failed and released, and the sweep says the first refused
+    write as its one line and exits 1 (not once per worker); every file is whole,
+    and the relaunch, with room again, finishes both runs."""
+    from test_sweep import _sweep_file
+
+    workdir = tmp_path / "w"
+    args = [*BNLAB, "sweep", str(_sweep_file(tmp_path, steps=600, rates=(0.01,), log_every=5,
+                                             batch_size=16)), f"--workdir={workdir}", "--jobs=2"]
+    full = subprocess.run(_limited(8, args), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=NO_CACHE_WRITES)
+    _assert_one_line_failure(full, rf"error: cannot write {re.escape(str(workdir))}/runs/[^/]+/"
+                             r"(metrics\.jsonl|events\.out\.tfevents\.[^:]+): \[Errno 27\] "
+                             r"File too large")
+    runs = list((workdir / tracking.RUNS).iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        status = tracking.read_json(run / tracking.STATUS)
+        assert status["status"] == "failed" and "cannot write" in status["error"], status
+        _assert_nothing_half_written(run)
+        assert all(f.stat().st_size <= 8 * 1024 for f in run.iterdir())
+    again = bnlab(*args[len(BNLAB):])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {tracking.RunDir(run).state() for run in runs} == {"done"}
+
+
+def test_a_full_disk_fails_the_run_not_its_failure_handler(cli, tmp_path, monkeypatch):
+    """Probe 16: on a full disk, a sweep worker's failure handler (record_failure)
+    wrote to it too and raised again. Here every write of the process is refused
+    (ENOSPC) from the run's fourth metrics row on, the first one half-done as a
+    filling disk does: the run's metrics keep three whole rows, its status stays the
+    whole 'running' one (the failure could not be recorded), its claim is released,
+    the sweep names metrics.jsonl in one line (not the handlers' refused writes) and
+    exits 1, and the second run is left pending. With room again, both finish."""
+    import errno
+
+    from test_sweep import _sweep_file
+
+    write_all, full = tracking._write_all, []
+
+    def filling(fd: int, data: bytes) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if not full and path.endswith(tracking.METRICS) and Path(path).read_bytes().count(
+                b"\n") == 3:
+            full.append(path)
+            os.write(fd, data[:len(data) // 2])
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(fd, data)
+
+    monkeypatch.setattr(tracking, "_write_all", filling)
+    workdir = tmp_path / "w"
+    args = ["sweep", _sweep_file(tmp_path, steps=30, rates=(0.01,), log_every=5),
+            f"--workdir={workdir}"]
+    result = cli(*args)
+    assert len(full) == 1
+    first, second = (tracking.SweepDir(workdir).run(run_id) for run_id in
+                     tracking.SweepDir(workdir).launch_runs(
+                         next((workdir / tracking.LAUNCHES).iterdir()).stem))
+    metrics = first.path / tracking.METRICS
+    _assert_one_line_failure(result, re.escape(
+        f"error: cannot write {metrics}: [Errno 28] No space left on device"))
+    assert [row["step"] for row in first.metrics()] == [5, 10, 15]
+    _assert_nothing_half_written(first.path)
+    assert first.status()["status"] == "running" and not first.finished()
+    assert first.owner() is None and second.state() == "pending"
+    events = [json.loads(line) for line in (workdir / tracking.EVENTS).read_text().splitlines()]
+    assert [(e["event"], e["run"]) for e in events] == [("start", first.name)]
+    monkeypatch.setattr(tracking, "_write_all", write_all)  # room again
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert first.state() == second.state() == "done"
