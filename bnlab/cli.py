@@ -352,6 +352,7 @@ def worker_command(argv: list[str]) -> int:
 
     if len(argv) not in (3, 4):
         raise UsageError("usage: python -m bnlab _worker WORKDIR LAUNCH_ID [PACK_JSON]")
+    sweep.die_with_parent()
     _enable_compilation_cache()
     pack = json.loads(argv[3]) if len(argv) == 4 else {}
     with sweep.stop_at_safe_points():

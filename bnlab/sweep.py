@@ -347,10 +347,21 @@ def statuses(workdir: Path, run_ids: list[str]) -> dict[str, int]:
     return counts
 
 
-def _die_with_parent() -> None:
-    """Linux: a worker process ends when the sweep process that started it ends."""
+PARENT_ENV = "BNLAB_SWEEP_PID"
+
+
+def die_with_parent() -> None:
+    """Linux: this worker ends when the sweep process that started it (pid in
+    $BNLAB_SWEEP_PID) ends. Set by the worker itself, not in a `preexec_fn`: that
+    runs Python in the forked child of a process whose JAX threads may hold locks
+    (JAX warns of the deadlock), where a plain fork-exec runs no Python."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # it ended before the line above
+        os._exit(1)
 
 
 def _follow(workdir: Path, run_ids: list[str], working, period_s: float,
@@ -401,9 +412,9 @@ def run_local(workdir: Path, launch_id: str, jobs: int, env: dict[str, str] | No
             return work(workdir, launch_id, progress, **pack)
         command = [sys.executable, "-m", "bnlab", "_worker", str(workdir), launch_id,
                    json.dumps(pack)]
-        workers = [subprocess.Popen(command, env={**os.environ, **(env or {})},
-                                    stdout=subprocess.PIPE, text=True,
-                                    preexec_fn=_die_with_parent) for _ in range(jobs)]
+        worker_env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
+        workers = [subprocess.Popen(command, env=worker_env, stdout=subprocess.PIPE, text=True)
+                   for _ in range(jobs)]
         # Ctrl-C reaches the workers too (one process group): they stop at their next
         # step and mark their runs interrupted; this process waits for them, then stops.
         _follow(workdir, run_ids, lambda: any(w.poll() is None for w in workers), 1.0, progress)
