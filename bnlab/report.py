@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,72 @@ def _detail_lines(details: dict[str, Any], indent: str = "") -> list[str]:
     return lines
 
 
+def provenance(runs, about: dict[str, Any] | None) -> dict[str, Any]:
+    """Where the numbers come from: the commits, versions, devices and hosts the
+    runs recorded (env.json; each value with its count of runs), and the scale and
+    overrides of the reproduction."""
+    envs = [tracking.RunDir(path).env() for path in runs["path"]]
+    out: dict[str, Any] = {
+        key: dict(Counter(str(env.get(key) or "unknown") for env in envs).most_common())
+        for key in ("git_commit", "python", "jax", "flax", "optax", "platform", "host",
+                    "machine")}
+    if about:
+        out.update(scale=about.get("scale"), overrides=about.get("overrides") or {})
+    return out
+
+
+def _provenance_lines(facts: dict[str, Any]) -> list[str]:
+    def counted(key) -> str:
+        values = facts[key]
+        return ", ".join(f"{v} ({n} runs)" if len(values) > 1 else v for v, n in values.items())
+
+    lines = ["## Provenance", "",
+             f"- bnlab commit of the runs: {counted('git_commit')}",
+             f"- versions: python {counted('python')}, jax {counted('jax')}, flax "
+             f"{counted('flax')}, optax {counted('optax')}",
+             f"- platform: {counted('platform')} on {counted('host')} ({counted('machine')})"]
+    if "scale" in facts:
+        lines.append(f"- `bnlab reproduce --scale {facts['scale']}`, overrides: "
+                     f"{facts['overrides'] or 'none'}")
+    return lines
+
+
+LIMITATIONS = """## Limitations
+
+- One data set, Fashion-MNIST (28×28 grey images, 10 classes), unless the overrides say
+  otherwise; the papers behind the claims trained on ImageNet and CIFAR-10.
+- Small networks (the article's SimpleCNN, ResNet-20, a plain CNN, the BN paper's MLP)
+  trained for minutes on a CPU: effects that need long training or large models may
+  not show here, and absent effects here do not refute them there.
+- The normalization batch equals the SGD batch unless an experiment separates them
+  (ghost BN); the GN paper's batch is per GPU, not the SGD batch.
+- Each claim's interval is over seeds; the margins it is judged against were fixed
+  before the runs (`bnlab.claims.MARGINS`), and each says why it is that size.
+"""
+
+SMOKE_WARNING = ("**Smoke scale: these verdicts check the machinery (every experiment "
+                 "runs, every rule reads its runs). They are not evidence about the "
+                 "article.**")
+
+
+def _decision(claim: Claim, verdict: Verdict) -> str:
+    """The margin, the half-width and what would have decided, in words."""
+    summary = claim.summary(verdict)
+    if not summary:
+        return ""
+    factor = "×/÷ " if summary["log_scale"] else "± "
+    text = (f"Judged against a smallest effect of interest of {claim.margin} "
+            f"({claim.margin.why}). ")
+    half = summary["half_width"]
+    if math.isnan(half):
+        return text + "No interval: too few seeds shared by the arms compared."
+    text += f"The interval is {factor}{half:.3g} wide"
+    if verdict.verdict == "INCONCLUSIVE":
+        text += (f"; it decides at {factor}{summary['half_width_that_decides']:.3g} "
+                 "(the distance from the estimate to the margin)")
+    return text + "."
+
+
 def write_report(workdir: str | Path, out: str | Path | None = None,
                  claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
     """report.md, claims.json and a PNG per measured claim, in `out` (default: the
@@ -82,11 +149,15 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
     if about:
         header += (f", `bnlab reproduce --scale {about['scale']}`"
                    + (f" ({about['wall_s'] / 60:.1f} min)" if about.get("wall_s") else ""))
-    lines = ["# bnlab: the article's claims", "",
-             header + ". Intervals are 95% over seeds (Welch); each claim's section below "
-             "says what was compared.", "",
-             "| claim | verdict | effect | estimate [95% interval] | the article says |",
-             "|---|---|---|---|---|"]
+    lines = ["# bnlab: the article's claims", ""]
+    if about and about.get("scale") == "smoke":
+        lines += [SMOKE_WARNING, ""]
+    lines += [header + ". Intervals are 95% over seeds, on per-seed differences of arms "
+              "that share seeds (paired). A verdict is SUPPORTED when the interval lies "
+              "above the claim's margin, NOT SUPPORTED when it lies below, INCONCLUSIVE "
+              "otherwise; each claim's section says what was compared.", "",
+              "| claim | verdict | effect | estimate [95% interval] | margin | "
+              "the article says |", "|---|---|---|---|---|---|"]
     sections, figures = [], {}
     for claim, verdict in zip(claims, verdicts, strict=True):
         figure = f"{claim.id}.png"
@@ -97,8 +168,9 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
         for other in verdict.details.get("other_models", []):  # C5 on each model it ran
             effect += f"; {other['model']}: {other['verdict']}"
             estimate += f"; {other['model']}: {_format(Estimate(**other['estimate']))}"
+        margin = str(claim.margin) if claim.margin else "definition check"
         lines.append(f"| [{claim.id} {claim.short}](#{claim.id.lower()}) | {verdict.verdict} | "
-                     f"{effect} | {estimate} | {claim.text} |")
+                     f"{effect} | {estimate} | {margin} | {claim.text} |")
         sections += ["", f"## {claim.id}", "", f"**{claim.text}** — {verdict.verdict}.", ""]
         if verdict.verdict == NOT_MEASURED:
             sections.append(f"Not measured: {verdict.effect}.")
@@ -108,7 +180,11 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
             sections.append("Experiments: " + ", ".join(f"`experiments/{e}.py`"
                                                         for e in claim.experiments) + ".")
         else:
-            sections.append("Computed when the report is written; nothing is trained.")
+            sections.append("Computed when the report is written; nothing is trained: a "
+                            "check of bnlab's own BatchNorm against the definition, not "
+                            "evidence about the article's claim.")
+        if _decision(claim, verdict):
+            sections.append(_decision(claim, verdict))
         if claim.reference:
             sections.append(f"Reference: {claim.reference}.")
         if verdict.details:
@@ -116,8 +192,16 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
         if drawn:
             sections += ["", f"![{claim.id}]({figure})"]
     # NaN (an interval that could not be computed) is written as null.
-    tracking.SweepDir(out).write_report("\n".join(lines + sections) + "\n", [
+    untested = ["", "## Not tested", "",
+                "The article's remarks on DCGAN (BN in the generator and discriminator) and "
+                "on instance normalization for style transfer are not tested: both need "
+                "generative models and a perceptual judgement that bnlab's classifiers on "
+                "Fashion-MNIST cannot give honestly."]
+    facts = provenance(runs, about)
+    closing = [""] + _provenance_lines(facts) + ["", LIMITATIONS.rstrip()] + untested
+    tracking.SweepDir(out).write_report("\n".join(lines + sections + closing) + "\n", facts, [
         {"id": c.id, "text": c.text, "experiments": list(c.experiments),
-         "reference": c.reference, **v.jsonable()}
+         "reference": c.reference, **v.jsonable(), **c.summary(v),
+         **({"margin_why": c.margin.why} if c.margin else {})}
         for c, v in zip(claims, verdicts, strict=True)], figures)
     return verdicts

@@ -66,6 +66,8 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     tracking_dir = tracking.SweepDir(workdir)
     about = tracking_dir.read_reproduce() or {"launches": []}
     about.update(scale=scale, overrides=overrides or {})
+    # What ran it: commit, versions, devices and host (each run has its own env.json).
+    about["environment"] = {k: v for k, v in tracking.environment().items() if k != "argv"}
     unfinished: list[str] = []
     for number, (name, runs) in enumerate(planned.items(), start=1):
         folder = workdir / name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -52,3 +53,15 @@ def contrast(groups: list[tuple[float, np.ndarray]], confidence: float = 0.95) -
     dof = variance**2 / dof_denominator
     half = t_quantile(0.5 + confidence / 2, dof) * math.sqrt(variance)
     return Estimate(value, value - half, value + half, dof)
+
+
+def paired(groups: list[tuple[float, dict[Any, float]]], confidence: float = 0.95) -> Estimate:
+    """Σ cᵢ·xᵢ(s) for each seed s that every group (c, {seed: value}) has, then the
+    mean over those seeds with the Student interval. For arms that share seeds (the
+    same data order, and the same initialization where the shapes agree): what the
+    seed does to both arms cancels in each difference. NaN bounds with fewer than two
+    shared seeds; a seed with a non-finite value in any group is left out."""
+    shared = set.intersection(*({seed for seed, value in values.items()
+                                 if math.isfinite(value)} for _, values in groups))
+    per_seed = [sum(c * values[seed] for c, values in groups) for seed in sorted(shared)]
+    return contrast([(1, np.array(per_seed, dtype=float))], confidence)

@@ -343,6 +343,10 @@ class RunDir:
         """summary.json, or {} when the run has none (or, with a warning, a damaged one)."""
         return read_dict(self.path / SUMMARY) or {}
 
+    def env(self) -> dict[str, Any]:
+        """env.json (`environment()`: versions, devices, host, commit), or {}."""
+        return read_dict(self.path / ENV) or {}
+
     def status(self) -> dict[str, Any]:
         """status.json, or {} when it is not there (yet) or damaged: never a crash."""
         return read_dict(self.path / STATUS) or {}
@@ -564,14 +568,16 @@ class SweepDir:
         """Where the claims report goes: report.md and claims.json."""
         return self.path / REPORT, self.path / CLAIMS
 
-    def write_report(self, markdown: str, claims: list[dict[str, Any]],
+    def write_report(self, markdown: str, provenance: dict[str, Any],
+                     claims: list[dict[str, Any]],
                      figures: dict[str, bytes] | None = None) -> None:
-        """report.md, claims.json and the figures (file name → PNG bytes), each
-        written whole; report.md last, so the figures it shows are there."""
+        """report.md, claims.json ({"provenance", "claims"}) and the figures (file
+        name → PNG bytes), each written whole; report.md last, so the figures it
+        shows are there."""
         _mkdir(self.path)
         for name, png in (figures or {}).items():
             write_bytes_atomic(self.path / name, png)
-        write_json_atomic(self.path / CLAIMS, claims)
+        write_json_atomic(self.path / CLAIMS, {"provenance": provenance, "claims": claims})
         write_text_atomic(self.path / REPORT, markdown)
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import assert_one_line_error, bnlab
 
-from bnlab import analysis, claims, reproduce
+from bnlab import analysis, claims, reproduce, tracking
 from bnlab import report as report_lib
 
 MEASURED = tuple(c.id for c in claims.CLAIMS)  # every claim has a rule and runs for it
@@ -22,9 +22,15 @@ def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_pa
     assert set(runs["sweep"]) == set(claims.EXPERIMENTS)
     assert set(runs["status"]) <= {"done", "diverged"} and len(runs) == 36
     written = json.loads((workdir / "claims.json").read_text())
-    assert [c["id"] for c in written] == [c.id for c in claims.CLAIMS]
+    assert [c["id"] for c in written["claims"]] == [c.id for c in claims.CLAIMS]
     report = (workdir / "report.md").read_text()
-    for claim in written:
+    # Provenance: the commit the runs recorded, the scale; smoke is marked as no evidence.
+    commit = tracking.environment()["git_commit"] or "unknown"
+    assert written["provenance"]["git_commit"] == {commit: 36}
+    assert written["provenance"]["scale"] == "smoke"
+    assert f"- bnlab commit of the runs: {commit}" in report
+    assert report_lib.SMOKE_WARNING in report and "## Limitations" in report
+    for claim in written["claims"]:
         measured = claim["id"] in MEASURED
         assert (claim["verdict"] != claims.NOT_MEASURED) == measured, claim
         assert claim["verdict"] in (claims.SUPPORTED, claims.NOT_SUPPORTED, claims.INCONCLUSIVE,
