@@ -119,7 +119,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number(config, "step_decay", 0, open_low=True)
     _number(config, "num_epochs", 0, open_low=True)
     _number(config, "target_accuracy", 0, 1, open_low=True, optional=True)
-    for field in ("nesterov", "decay_norm_params", "augment", "mask_padding"):
+    for field in ("nesterov", "decay_norm_params", "augment", "mask_padding",
+                  "bn_unbiased_running_var"):
         _boolean(config, field)
     for field in ("num_groups", "group_size", "num_devices", "num_processes"):
         _number(config, field, 1, integer=True, optional=field != "num_groups")

@@ -66,11 +66,32 @@ def _affine(module: nn.Module, y: jax.Array, features: int, dtype: Any) -> jax.A
     return (y * scale + bias).astype(dtype)
 
 
+def _bessel(values: int | jax.Array, unbiased: bool) -> float | jax.Array:
+    """m/(m−1), the factor that turns a biased variance over m values into the
+    unbiased one; 1 when not `unbiased`, and 1 for m <= 1. At m = 1 (an MLP at batch
+    1, a 1×1 map, one real step of a masked batch) the unbiased variance is 0/0:
+    PyTorch raises there, but this layer keeps the biased 0 instead: m is known only
+    at trace time (per layer, after the device sync) or at run time (masked BN),
+    so no config check could catch every case, and runs that trained before keep
+    training (BN's output at m = 1 is its bias whichever variance is stored)."""
+    if not unbiased:
+        return 1.0
+    if isinstance(values, int):
+        return values / (values - 1) if values > 1 else 1.0
+    return jnp.where(values > 1, values / jnp.maximum(values - 1, 1), 1.0)
+
+
 class BatchNorm(nn.Module):
     """BN over (N, H, W) per channel, or over each ghost batch of `virtual_batch_size`
-    examples. Running averages (one set, also with ghost batches) follow Flax's
-    convention: `running = momentum * running + (1 - momentum) * batch` with the
-    biased batch variance; momentum 0.9 is PyTorch's `momentum=0.1`.
+    examples. Running averages (one set, also with ghost batches):
+    `running = momentum * running + (1 - momentum) * batch`; momentum 0.9 is
+    PyTorch's `momentum=0.1`. The batch's variance there is, with
+    `unbiased_running_var`, the unbiased one, σ²_B·m/(m−1) for the m values a
+    statistic averages (the BN paper's Alg. 2, Var[x] = m/(m−1)·E_B[σ²_B], and
+    PyTorch's running_var), else the biased σ²_B (Flax's convention). Runs take it
+    from `config.bn_unbiased_running_var` (True by default); the layer's own
+    default stays biased so that with momentum 0 it stores exactly the batch's
+    statistics, as `bnlab.claims` (C7) reads them. Normalization always uses σ²_B.
 
     Across devices (inside `pmap` or `shard_map`): `sync_axis_name` (with
     `sync_groups` under pmap) names the devices whose examples pool into one
@@ -82,11 +103,13 @@ class BatchNorm(nn.Module):
 
     # Its options, and the config field each comes from (`options`).
     CONFIG: ClassVar[dict[str, str]] = {"epsilon": "norm_epsilon", "momentum": "bn_momentum",
-                                        "virtual_batch_size": "virtual_batch_size"}
+                                        "virtual_batch_size": "virtual_batch_size",
+                                        "unbiased_running_var": "bn_unbiased_running_var"}
 
     momentum: float = 0.9
     epsilon: float = 1e-5
     virtual_batch_size: int | None = None
+    unbiased_running_var: bool = False  # runs: config.bn_unbiased_running_var (True)
     axis_name: str | tuple[str, ...] | None = None
     sync_axis_name: str | tuple[str, ...] | None = None
     sync_groups: tuple[tuple[int, ...], ...] | None = None
@@ -127,13 +150,25 @@ class BatchNorm(nn.Module):
                  * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
             y = _affine(self, y, features, x.dtype)
         if not self.is_initializing():
-            # Equal-sized ghost batches and devices: the mean of their statistics is one update.
+            # Equal-sized ghost batches and devices: the mean of their statistics is one
+            # update (each ghost batch's variance unbiased over its own m values).
             batch_mean = jnp.mean(mean.reshape(-1, features), axis=0)
-            batch_var = jnp.mean(var.reshape(-1, features), axis=0)
+            values = self.values_per_statistic(x.shape) * self._sync_size(sync)
+            batch_var = jnp.mean(var.reshape(-1, features), axis=0) * _bessel(
+                values, self.unbiased_running_var)
             if self.axis_name is not None:
                 batch_mean, batch_var = jax.lax.pmean((batch_mean, batch_var), self.axis_name)
             self._update_running(ra_mean, ra_var, batch_mean, batch_var)
         return y
+
+    def _sync_size(self, sync) -> int:
+        """The devices whose examples pool into one statistic (1 without a sync)."""
+        if sync is None:
+            return 1
+        if self.sync_groups is not None:
+            return len(self.sync_groups[0])
+        names = sync if isinstance(sync, tuple) else (sync,)
+        return math.prod(jax.lax.axis_size(name) for name in names)
 
     def _update_running(self, ra_mean, ra_var, mean, var) -> None:
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
@@ -148,7 +183,9 @@ class BatchNorm(nn.Module):
         mean = jnp.sum(xf * weight, axes) / count
         var = jnp.sum(jnp.square(xf - mean) * weight, axes) / count
         if not self.is_initializing():
-            self._update_running(ra_mean, ra_var, mean, var)
+            # m: the real positions of this batch, known only when it runs.
+            self._update_running(ra_mean, ra_var, mean,
+                                 var * _bessel(count, self.unbiased_running_var))
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         return _affine(self, y, features, x.dtype)
 
@@ -263,14 +300,19 @@ NORM_LAYERS = tuple(LAYERS.values())
 
 def options(config: Any) -> dict[str, Any]:
     """The `make` options of `config.norm` that a config sets: each layer's
-    `CONFIG` says which fields it reads."""
-    return {option: config[field] for option, field in LAYERS[config.norm].CONFIG.items()}
+    `CONFIG` says which fields it reads. A field the config lacks (a run's
+    config.json written before the field existed, resumed) takes the layer's own
+    default, which is what that run computed (e.g. BN's biased running variance)."""
+    layer = LAYERS[config.norm]
+    return {option: config[field] if field in config else layer.__dataclass_fields__[option].default
+            for option, field in layer.CONFIG.items()}
 
 
 def make(name: str, normalize: Normalize | None = None, **options: Any) -> nn.Module:
     """A normalization layer by name: 'bn', 'ln', 'in', 'gn' or 'none'.
 
-    Options: BN `momentum`, `epsilon`, `virtual_batch_size` (ghost BN); GN
+    Options: BN `momentum`, `epsilon`, `virtual_batch_size` (ghost BN),
+    `unbiased_running_var` (False unless given: see `BatchNorm`); GN
     `num_groups` or `group_size`, `epsilon`; LN and IN `epsilon`. Options that
     the chosen layer does not take are an error, not silently dropped.
     `normalize`: a faster computation of the formula (`bnlab.fast`) for the

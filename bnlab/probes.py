@@ -88,7 +88,12 @@ def precise_bn_statistics(steps: Steps, layout: parallel.Layout, state: TrainSta
                           batches, num_batches: int):
     """PreciseBN (Wu & Johnson 2021; fvcore's precise_bn): with frozen weights, the
     equal-weight average of the BN statistics of `num_batches` training batches,
-    each computed exactly as in training (same normalization batch)."""
+    each computed exactly as in training (same normalization batch). The variance
+    averaged is the one the running average takes (`config.bn_unbiased_running_var`,
+    unbiased by default), as fvcore does: it averages PyTorch's running_var at
+    momentum 1, the Bessel-corrected batch variance ("simple average of
+    bessel-corrected batch variance"), so that EMA and PreciseBN estimate the same
+    population variance and differ only in which batches they weigh how."""
     total = None
     for _ in range(num_batches):
         stats, _, _ = steps.batch_stats(state, *layout.shard(*next(batches)))

@@ -132,8 +132,9 @@ def eval_step(model, layout: parallel.Layout, state: TrainState, images, labels,
 
 
 def batch_stats_step(model, layout: parallel.Layout, state: TrainState, images, labels):
-    """This batch's BN statistics (BN with momentum 0 stores exactly them as its
-    running ones), with the batch's loss sum and correct count."""
+    """This batch's BN statistics as the running averages take them (BN with
+    momentum 0 stores exactly them as its running ones: the variance unbiased when
+    the run's is), with the batch's loss sum and correct count."""
     stats_model = model.clone(norm_options=tuple(
         (k, 0.0 if k == "momentum" else v) for k, v in model.norm_options))
     logits, updates = stats_model.apply(

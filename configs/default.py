@@ -35,6 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.mask_padding = False
     config.norm_epsilon = 1e-5
     config.bn_momentum = 0.9  # running = 0.9·running + 0.1·batch (PyTorch's momentum=0.1)
+    # BN's running variance averages the unbiased batch variance σ²_B·m/(m−1) (m: the
+    # values one statistic averages), as the BN paper (Alg. 2) and PyTorch do: the
+    # biased σ²_B underestimates the population variance, by 1/m, which matters at
+    # small m (the MLP at batch 2: m = 2, half the variance). False: the biased σ²_B
+    # (Flax's convention). Batch normalization itself always uses σ²_B.
+    config.bn_unbiased_running_var = True
     config.virtual_batch_size = placeholder(int)  # ghost BN: statistics per sub-batch
     config.num_groups = 8  # gn: groups per layer (the GN paper's 32 exceeds conv1's 16 channels)
     config.group_size = placeholder(int)  # gn: channels per group; overrides num_groups

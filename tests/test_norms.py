@@ -201,3 +201,147 @@ def test_masked_bn_uses_only_the_real_values(make):
     # Unmasked, the zeros pull the statistics: the naive way differs.
     naive, _ = layer.apply(variables, jnp.asarray(x), mutable=["batch_stats"])
     assert np.abs(np.asarray(naive)[mask == 1] - np.asarray(y)[mask == 1]).max() > 0.1
+
+
+# ---------------------------------------------------------------- running variance
+# The BN paper (Alg. 2: Var[x] = m/(m−1)·E_B[σ²_B]) and PyTorch (running_var) keep
+# the unbiased batch variance in the running average, for the m values a statistic
+# averages; every run does (config.bn_unbiased_running_var, True by default).
+
+
+def _running(x_steps, stats_of, momentum=0.9):
+    """The running averages after each step, in NumPy (float64): `stats_of(x)` gives
+    the batch's (mean, variance as the running average takes it)."""
+    ra_mean, ra_var, seen = 0.0, 1.0, []
+    for x in x_steps:
+        mean, var = stats_of(x.astype(np.float64))
+        ra_mean = momentum * ra_mean + (1 - momentum) * mean
+        ra_var = momentum * ra_var + (1 - momentum) * var
+        seen.append((ra_mean, ra_var))
+    return seen
+
+
+def _train_steps(layer, x_steps, **kwargs):
+    """The layer's running (mean, var) after each training step on `x_steps`."""
+    variables = layer.init(jax.random.key(0), jnp.asarray(x_steps[0]))
+    seen = []
+    for x in x_steps:
+        _, updates = layer.apply(variables, jnp.asarray(x), mutable=["batch_stats"],
+                                 **{k: jnp.asarray(v[len(seen)]) for k, v in kwargs.items()})
+        variables = {**variables, **updates}
+        seen.append((np.asarray(updates["batch_stats"]["mean"]),
+                     np.asarray(updates["batch_stats"]["var"])))
+    return seen
+
+
+def _assert_running(got, expected):
+    assert len(got) == len(expected)
+    for (mean, var), (ra_mean, ra_var) in zip(got, expected, strict=True):
+        np.testing.assert_allclose(mean, ra_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, ra_var, rtol=1e-5)
+
+
+def _steps(shape, count=4):
+    return [_x(shape, seed=10 + i, shift=i - 1.0, scale=0.5 + i) for i in range(count)]
+
+
+def test_bn_running_variance_is_the_unbiased_batch_variance_on_a_conv_input(make):
+    x_steps = _steps((4, 3, 2, 5))  # m = N·H·W = 24 values per statistic
+    m = 4 * 3 * 2
+
+    def unbiased(x):
+        return x.mean((0, 1, 2)), x.var((0, 1, 2)) * m / (m - 1)
+
+    got = _train_steps(make("bn", momentum=0.9, unbiased_running_var=True), x_steps)
+    expected = _running(x_steps, unbiased)
+    _assert_running(got[:1], expected[:1])  # after one step
+    _assert_running(got, expected)  # and after several
+    # The normalization itself keeps the biased σ²_B (the paper's Alg. 1).
+    y, _, _ = _apply(make("bn", unbiased_running_var=True), x_steps[0])
+    np.testing.assert_allclose(y, _normalize(x_steps[0], (0, 1, 2)), atol=2e-5)
+
+
+def test_biased_running_variance_is_an_option(make):
+    x_steps = _steps((4, 3, 2, 5))
+    got = _train_steps(make("bn", momentum=0.9, unbiased_running_var=False), x_steps)
+    _assert_running(got, _running(x_steps, lambda x: (x.mean((0, 1, 2)), x.var((0, 1, 2)))))
+    # The two differ by m/(m−1) at momentum 0: 24/23 here.
+    _, _, biased = _apply(make("bn", momentum=0.0, unbiased_running_var=False), x_steps[0])
+    _, _, unbiased = _apply(make("bn", momentum=0.0, unbiased_running_var=True), x_steps[0])
+    np.testing.assert_allclose(unbiased["batch_stats"]["var"],
+                               biased["batch_stats"]["var"] * 24 / 23, rtol=1e-6)
+
+
+def test_ghost_bn_running_variance_unbiased_per_ghost_batch(make):
+    x_steps = _steps((12, 2, 2, 6), count=3)
+    m = 4 * 2 * 2  # each ghost batch of 4 examples × 2×2 positions
+
+    def ghosts(x):
+        parts = x.reshape(3, 4, 2, 2, 6)
+        return (parts.mean((1, 2, 3)).mean(0),
+                (parts.var((1, 2, 3)) * m / (m - 1)).mean(0))
+
+    layer = make("bn", momentum=0.9, virtual_batch_size=4, unbiased_running_var=True)
+    _assert_running(_train_steps(layer, x_steps), _running(x_steps, ghosts))
+
+
+def test_masked_bn_running_variance_unbiased_over_the_real_positions(make):
+    rng = np.random.default_rng(5)
+    x_steps = _steps((6, 7, 5), count=3)  # N×T×C sequences, padded
+    masks = [(rng.random((6, 7)) < 0.5).astype(np.float32) for _ in x_steps]
+    for x, mask in zip(x_steps, masks, strict=True):
+        x[mask == 0] = 0.0
+    step = iter(masks)
+
+    def real(x):
+        values = x[next(step) == 1]  # m = the real positions of this batch
+        return values.mean(0), values.var(0) * len(values) / (len(values) - 1)
+
+    layer = make("bn", momentum=0.9, unbiased_running_var=True)
+    _assert_running(_train_steps(layer, x_steps, mask=masks), _running(x_steps, real))
+
+
+@pytest.mark.parametrize("case", ["mlp_batch_1", "ghost_of_1", "one_real_position"])
+def test_one_value_per_statistic_keeps_the_biased_variance(make, case):
+    """At m = 1 the unbiased variance is 0/0: the layer keeps the biased 0 (no inf or
+    NaN in the running statistics), as before the unbiased default."""
+    x = _x(shape=(1, 6) if case == "mlp_batch_1" else (4, 6))
+    options = {"virtual_batch_size": 1} if case == "ghost_of_1" else {}
+    kwargs = {}
+    if case == "one_real_position":
+        kwargs["mask"] = [np.array([0.0, 1.0, 0.0, 0.0], np.float32)]
+    layer = make("bn", momentum=0.9, unbiased_running_var=True, **options)
+    ((mean, var),) = _train_steps(layer, [x], **kwargs)
+    assert np.isfinite(mean).all() and np.isfinite(var).all()
+    np.testing.assert_allclose(var, 0.9, rtol=1e-6)  # 0.9·1 + 0.1·0
+
+
+def test_running_variance_against_torch_batchnorm2d(make):
+    torch = pytest.importorskip("torch")
+    x_steps = _steps((4, 3, 2, 5))
+    bn = torch.nn.BatchNorm2d(5, momentum=0.1, eps=EPS)
+    bn.train()
+    got = _train_steps(make("bn", momentum=0.9, unbiased_running_var=True), x_steps)
+    for x, (mean, var) in zip(x_steps, got, strict=True):
+        bn(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))  # NCHW
+        np.testing.assert_allclose(mean, bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, bn.running_var.numpy(), rtol=1e-5)
+
+
+def test_the_config_field_reaches_the_layer(small_config):
+    import ml_collections
+
+    from bnlab import config as config_lib
+
+    config = small_config
+    assert config.bn_unbiased_running_var is True  # the default
+    assert norms.make("bn", **norms.options(config)).unbiased_running_var is True
+    config.bn_unbiased_running_var = False
+    assert norms.make("bn", **norms.options(config)).unbiased_running_var is False
+    # A config file could set a non-boolean (the CLI's flags are typed already).
+    bad = ml_collections.ConfigDict({**config.to_dict(), "bn_unbiased_running_var": 1})
+    with pytest.raises(ConfigError, match="bn_unbiased_running_var=1: True or False"):
+        config_lib.validate(bad)
+    # A run's config written before the field existed computed the biased variance.
+    del config["bn_unbiased_running_var"]
+    assert norms.options(config)["unbiased_running_var"] is False

@@ -225,7 +225,8 @@ def test_precise_bn_and_batch_statistics_against_numpy(small_config, mode):
         state, totals = steps.train(state, totals, *layout.shard(*next(batches)))
     params = layout.fetch(state.params)
 
-    # PreciseBN: the equal-weight mean of each layer's batch statistics over 6 batches.
+    # PreciseBN: the equal-weight mean of each layer's batch statistics over 6 batches,
+    # the variances unbiased over the 32 examples of a batch (fvcore's PreciseBN).
     stat_batches = [next(batches) for _ in range(6)]
     precise = layout.fetch(probes.precise_bn_statistics(steps, layout, state,
                                                        iter(stat_batches), 6))
@@ -234,7 +235,8 @@ def test_precise_bn_and_batch_statistics_against_numpy(small_config, mode):
         got = precise[f"_NormAct_{layer}"]["BatchNorm_0"]
         np.testing.assert_allclose(got["mean"], np.mean([b[layer][0] for b in per_batch], 0),
                                    rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(got["var"], np.mean([b[layer][1] for b in per_batch], 0),
+        np.testing.assert_allclose(got["var"],
+                                   np.mean([b[layer][1] for b in per_batch], 0) * 32 / 31,
                                    rtol=1e-4, atol=1e-6)
 
     # Batch statistics at evaluation: each test batch of 32 normalized by its own.
@@ -297,3 +299,35 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
     assert summary["num_devices"] == 8
     assert summary["test_accuracy"] == pytest.approx(
         tracking.read_json(one_dir / "summary.json")["test_accuracy"], abs=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+@pytest.mark.parametrize("sync_size", [8, 2, 1])
+def test_running_variance_unbiased_over_each_sync_group(mode, sync_size):
+    """BN's running variance over 8 devices after one and after three steps, against
+    NumPy: each statistic's m is per-device batch × H × W × the devices of its sync
+    group; groups that do not sync average their (unbiased) updates."""
+    from bnlab import norms
+
+    layout = parallel.Layout(mode, DEVICES, sync_size)
+    layer = norms.make("bn", momentum=0.9, unbiased_running_var=True, **layout.bn_options())
+    rng = np.random.default_rng(7)
+    x_steps = [rng.normal(i, 1 + i, (GLOBAL, 3, 2, 5)).astype(np.float32) for i in range(3)]
+    variables = layer.init(jax.random.key(0), x_steps[0][:PER_DEVICE])
+
+    def body(variables, x):
+        _, updates = layer.apply(variables, x, mutable=["batch_stats"])
+        return {**variables, **updates}
+
+    step = layout.compile(body, 1)
+    state = layout.replicate(variables)
+    m = PER_DEVICE * sync_size * 3 * 2
+    ra_mean, ra_var = np.zeros(5), np.ones(5)
+    for i, x in enumerate(x_steps):
+        state = step(state, *layout.shard(x))
+        groups = x.astype(np.float64).reshape(DEVICES // sync_size, -1, 3, 2, 5)
+        ra_mean = 0.9 * ra_mean + 0.1 * groups.mean((1, 2, 3)).mean(0)
+        ra_var = 0.9 * ra_var + 0.1 * (groups.var((1, 2, 3)) * m / (m - 1)).mean(0)
+        for replica in layout.replicas(state["batch_stats"]):
+            np.testing.assert_allclose(replica["mean"], ra_mean, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(replica["var"], ra_var, rtol=1e-5, err_msg=f"step {i}")
