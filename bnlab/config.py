@@ -202,7 +202,11 @@ def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
 # Fields added to bnlab with a default that computes differently from the code before
 # them: the value a config.json written before the field existed stands for. A
 # field added with a default that changes nothing needs no entry.
-ABSENT_MEANS: dict[str, Any] = {}
+ABSENT_MEANS: dict[str, Any] = {
+    # 2026-12-04: BN's running variance became the unbiased one by default; a run
+    # planned before kept the biased one (norms.options gives the layer's default).
+    "bn_unbiased_running_var": False,
+}
 
 
 @functools.cache

@@ -84,7 +84,10 @@ def test_the_digest_hashes_what_differs_from_the_defaults(monkeypatch):
     defaults = config_lib.defaults()
     flat = {**defaults, "norm": "gn"}
     digest = train.run_digest(flat)
-    assert digest == train.run_digest({"norm": "gn"})  # fields at their default
+    # Fields at their default (but those of ABSENT_MEANS, whose absence means the old
+    # value) may as well be missing:
+    assert digest == train.run_digest({"norm": "gn", **{
+        field: defaults[field] for field in config_lib.ABSENT_MEANS}})
     assert digest == train.run_digest({**flat, "steps_per_call": 5})  # launch fields
     assert digest != train.run_digest({**flat, "learning_rate": 0.5})
     assert train.run_digest({**flat, "learning_rate": 1}) == train.run_digest(
@@ -166,3 +169,16 @@ def test_only_tracking_names_or_writes_the_files_of_a_tracking_directory():
                     and getattr(node.value, "id", None) == "os"):
                 offenders.append(f"{path.name}:{node.lineno} {node.attr}")
     assert not offenders, offenders
+
+
+def test_runs_from_before_the_unbiased_running_variance_are_not_taken_for_new_ones():
+    """A config.json written before bn_unbiased_running_var existed computed the biased
+    variance (config.ABSENT_MEANS): its digest is that of the option set to False."""
+    from bnlab import config as config_lib
+    from bnlab import train
+
+    new = dict(config_lib.defaults())
+    old = {k: v for k, v in new.items() if k != "bn_unbiased_running_var"}
+    assert new["bn_unbiased_running_var"] is True
+    assert train.run_digest(old) != train.run_digest(new)
+    assert train.run_digest(old) == train.run_digest({**new, "bn_unbiased_running_var": False})
