@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from bnlab import analysis, tracking
 from bnlab.claims import CLAIMS, NOT_MEASURED, Claim, Verdict, evaluate
 from bnlab.stats import Estimate
@@ -48,7 +50,7 @@ def _detail_lines(details: dict[str, Any], indent: str = "") -> list[str]:
     """The rule's details as a nested Markdown list, intervals written as intervals."""
     lines = []
     for key, value in details.items():
-        name = key.replace("_", " ")
+        name = str(key).replace("_", " ")
         if isinstance(value, dict) and {"value", "low", "high"} <= set(value):
             lines.append(f"{indent}- {name}: {_format(Estimate(**value))}")
         elif isinstance(value, dict):
@@ -100,18 +102,31 @@ def _provenance_lines(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
-LIMITATIONS = """## Limitations
+def _limitations(runs, facts: dict[str, Any], about: dict[str, Any] | None) -> list[str]:
+    """What the results cannot say, from what the runs were: their data sets, models,
+    platforms and training lengths (not a fixed text that could go stale)."""
+    def listed(column) -> str:
+        if column not in runs or not len(runs):
+            return "unknown"
+        return ", ".join(str(v) for v in dict.fromkeys(runs[column].dropna()))
 
-- One data set, Fashion-MNIST (28×28 grey images, 10 classes), unless the overrides say
-  otherwise; the papers behind the claims trained on ImageNet and CIFAR-10.
-- Small networks (the article's SimpleCNN, ResNet-20, a plain CNN, the BN paper's MLP)
-  trained for minutes on a CPU: effects that need long training or large models may
-  not show here, and absent effects here do not refute them there.
-- The normalization batch equals the SGD batch unless an experiment separates them
-  (ghost BN); the GN paper's batch is per GPU, not the SGD batch.
-- Each claim's interval is over seeds; the margins it is judged against were fixed
-  before the runs (`bnlab.claims.MARGINS`), and each says why it is that size.
-"""
+    steps = pd.to_numeric(runs["step"], errors="coerce") if "step" in runs else None
+    length = ("" if steps is None or steps.isna().all()
+              else f", {int(steps.min())} to {int(steps.max())} steps a run")
+    wall = f" in {about['wall_s'] / 60:.0f} minutes" if about and about.get("wall_s") else ""
+    return [
+        "## Limitations", "",
+        f"- Data: {listed('dataset')}. The papers behind the claims trained on ImageNet "
+        "and CIFAR-10; effects that need harder data may not show here.",
+        f"- Models: {listed('model')}{length}, trained{wall} on "
+        f"{', '.join(facts['platform'])}: effects that need long training or large "
+        "models may not show here, and effects absent here do not refute them there.",
+        "- The normalization batch equals the SGD batch unless an experiment separates "
+        "them (ghost BN); the GN paper's batch is per GPU, not the SGD batch.",
+        "- Each claim's interval is over seeds; the margins it is judged against were "
+        "fixed before the runs (`bnlab.claims.MARGINS`), and each says why it is that "
+        "size."]
+
 
 SMOKE_WARNING = ("**Smoke scale: these verdicts check the machinery (every experiment "
                  "runs, every rule reads its runs). They are not evidence about the "
@@ -128,12 +143,19 @@ def _decision(claim: Claim, verdict: Verdict) -> str:
             f"({claim.margin.why}). ")
     half = summary["half_width"]
     if math.isnan(half):
-        return text + "No interval: too few seeds shared by the arms compared."
-    text += f"The interval is {factor}{half:.3g} wide"
-    if verdict.verdict == "INCONCLUSIVE":
-        text += (f"; it decides at {factor}{summary['half_width_that_decides']:.3g} "
-                 "(the distance from the estimate to the margin)")
-    return text + "."
+        text += "No interval: too few seeds shared by the arms compared."
+    elif math.isinf(half):
+        text += "The interval is open on one side"
+    else:
+        text += f"The interval is {factor}{half:.3g} wide"
+        if verdict.verdict == "INCONCLUSIVE" and not verdict.reason:
+            text += (f"; it decides at {factor}{summary['half_width_that_decides']:.3g} "
+                     "(the distance from the estimate to the margin)")
+    if not math.isnan(half):
+        text += "."
+    if verdict.reason:
+        text += f" {verdict.reason[0].upper()}{verdict.reason[1:]}."
+    return text
 
 
 def write_report(workdir: str | Path, out: str | Path | None = None,
@@ -154,8 +176,10 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
         lines += [SMOKE_WARNING, ""]
     lines += [header + ". Intervals are 95% over seeds, on per-seed differences of arms "
               "that share seeds (paired). A verdict is SUPPORTED when the interval lies "
-              "above the claim's margin, NOT SUPPORTED when it lies below, INCONCLUSIVE "
-              "otherwise; each claim's section says what was compared.", "",
+              "beyond the claim's margin on the side the claim predicts (above it; below "
+              "it for a margin written \"below\"), NOT SUPPORTED when it lies on the "
+              "other side, INCONCLUSIVE otherwise; each claim's section says what was "
+              "compared.", "",
               "| claim | verdict | effect | estimate [95% interval] | margin | "
               "the article says |", "|---|---|---|---|---|---|"]
     sections, figures = [], {}
@@ -198,7 +222,7 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
                 "generative models and a perceptual judgement that bnlab's classifiers on "
                 "Fashion-MNIST cannot give honestly."]
     facts = provenance(runs, about)
-    closing = [""] + _provenance_lines(facts) + ["", LIMITATIONS.rstrip()] + untested
+    closing = [""] + _provenance_lines(facts) + [""] + _limitations(runs, facts, about) + untested
     tracking.SweepDir(out).write_report("\n".join(lines + sections + closing) + "\n", facts, [
         {"id": c.id, "text": c.text, "experiments": list(c.experiments),
          "reference": c.reference, **v.jsonable(), **c.summary(v),

@@ -1,6 +1,7 @@
 """Intervals over seeds: the one t-interval implementation. `analysis.aggregate`
-gives each group's mean with it, the claims' rules their effects (differences of
-means). NumPy and SciPy only, so that analysis and claims can both import it.
+gives each group's mean with it (`contrast`), the claims' rules their effects on
+per-seed differences of arms that share seeds (`paired`). NumPy and SciPy only, so
+that analysis and claims can both import it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """A linear combination of group means with its Welch 95% interval."""
+    """An effect with its 95% interval: a linear combination of group means (Welch,
+    `contrast`) or the mean of per-seed differences (Student, `paired`). `dof`: the
+    interval's degrees of freedom (inf for a zero-width one, NaN without one)."""
 
     value: float
     low: float

@@ -49,15 +49,20 @@ def test_contrast_matches_the_welch_interval_by_hand():
     assert math.isnan(stats.contrast([(1, np.array([1.0])), (-1, np.array([2.0, 3.0]))]).low)
 
 
-@pytest.mark.parametrize("bn_small,verdict", [
-    (0.70, claims.SUPPORTED),        # BN loses 15 points at batch 2, GN nothing
-    (0.85, claims.NOT_SUPPORTED),    # BN loses nothing
-    (None, claims.INCONCLUSIVE),     # seeds spread too wide to tell
+@pytest.mark.parametrize("bn_small,gn_small,verdict", [
+    (0.70, 0.85, claims.SUPPORTED),        # BN loses 15 points at batch 2, GN nothing
+    (0.85, 0.85, claims.NOT_SUPPORTED),    # BN loses nothing
+    # BN loses nothing, GN gains 10 points at batch 2: BN's drop exceeds GN's by 10
+    # points, but BN does not degrade (the excess alone said SUPPORTED).
+    (0.85, 0.95, claims.NOT_SUPPORTED),
+    (None, 0.85, claims.INCONCLUSIVE),     # seeds spread too wide to tell
 ])
-def test_small_batch_verdicts(tmp_path, bn_small, verdict):
+def test_small_batch_verdicts(tmp_path, bn_small, gn_small, verdict):
     def accuracy(norm, batch, rate, seed):
         if norm == "bn" and batch == 2:
             return bn_small + NOISE[seed] if bn_small else [0.60, 0.85, 0.99][seed]
+        if norm == "gn" and batch == 2:
+            return gn_small + NOISE[seed]
         return 0.85 + NOISE[seed]
 
     runs = _write_runs(tmp_path, _grid(accuracy, ("bn", "gn"), sizes=(2, 32)))
@@ -67,23 +72,63 @@ def test_small_batch_verdicts(tmp_path, bn_small, verdict):
         assert result.estimate.value == pytest.approx(0.15)
 
 
-@pytest.mark.parametrize("none_diverges,bn_diverges,seeds,verdict", [
-    ((0.3, 1.0), (), (0, 1, 2), claims.SUPPORTED),   # none trains up to 0.1, bn up to 1.0
-    ((1.0,), (1.0,), (0, 1, 2), claims.NOT_SUPPORTED),  # both up to 0.3
-    ((), (), (0, 1, 2), claims.INCONCLUSIVE),   # both train at the top: limits not found
-    ((0.3, 1.0), (), (0,), claims.INCONCLUSIVE),      # one seed is not evidence
+COARSE = (0.01, 0.03, 0.1, 0.3, 1.0)  # ×3 steps, as experiments/learning_rate.py
+FINE = (0.01, 0.014, 0.02, 0.028, 0.04)  # ×1.4 steps: finer than the ×2 margin
+
+
+@pytest.mark.parametrize("rates,none_diverges,bn_diverges,seeds,verdict", [
+    # none trains up to 0.1 (its limit in [0.1, 0.3)), BN at the top (at least 1.0):
+    # the ratio is at least 1.0 / 0.3 = 3.3 in every seed, above the ×2 margin.
+    (COARSE, (0.3, 1.0), (), (0, 1, 2), claims.SUPPORTED),
+    # Both up to 0.3 on a ×3 grid: each limit in [0.3, 1.0), so the ratio could be
+    # anything in (0.3, 3.3): a ×3 grid cannot tell a ×2 effect from none.
+    (COARSE, (1.0,), (1.0,), (0, 1, 2), claims.INCONCLUSIVE),
+    # Both up to 0.02 on a ×1.4 grid: the ratio is below 1.4 in every seed.
+    (FINE, (0.028, 0.04), (0.028, 0.04), (0, 1, 2), claims.NOT_SUPPORTED),
+    # BN diverges from 0.3 on, no norm trains at the top: BN's is the smaller limit.
+    (COARSE, (), (0.3, 1.0), (0, 1, 2), claims.NOT_SUPPORTED),
+    ((0.01, 0.03, 0.1, 0.3, 1.0), (), (), (0, 1, 2), claims.INCONCLUSIVE),  # both at the top
+    (COARSE, (0.3, 1.0), (), (0,), claims.INCONCLUSIVE),      # one seed is not evidence
 ])
-def test_learning_rate_verdicts(tmp_path, none_diverges, bn_diverges, seeds, verdict):
+def test_learning_rate_verdicts(tmp_path, rates, none_diverges, bn_diverges, seeds, verdict):
     diverged = {("none", r) for r in none_diverges} | {("bn", r) for r in bn_diverges}
     runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn", "none"),
-                                       rates=(0.01, 0.03, 0.1, 0.3, 1.0), seeds=seeds,
-                                       diverged=diverged))
+                                       rates=rates, seeds=seeds, diverged=diverged))
     result = claims.learning_rate_rule(runs)
     assert result.verdict == verdict, result
     if verdict == claims.SUPPORTED:
-        assert result.details["highest_training_rate"] == {"bn": {0: 1.0, 1: 1.0, 2: 1.0},
-                                                           "none": {0: 0.1, 1: 0.1, 2: 0.1}}
+        assert result.details["highest_training_rate"] == {
+            "bn": {"0": 1.0, "1": 1.0, "2": 1.0}, "none": {"0": 0.1, "1": 0.1, "2": 0.1}}
         assert result.estimate.value == pytest.approx(10.0)
+        # The grid's step widens the interval: 1.0 / 0.3 below, no bound above (BN
+        # trains at the top rate, so its limit was not found).
+        assert result.estimate.low == pytest.approx(1.0 / 0.3)
+        assert math.isinf(result.estimate.high)
+        assert "top rate" in result.reason
+
+
+def test_learning_rate_counts_a_norm_that_trains_at_no_rate(tmp_path):
+    """A seed where no norm trains at any rate of the grid is not dropped: its limit
+    lies below the grid's lowest rate, which leaves the ratio no upper bound, so
+    that seed keeps the verdict from NOT SUPPORTED (it was left out, and the other
+    seeds decided alone)."""
+    def accuracy(norm, batch, rate, seed):
+        if norm == "none" and seed == 2:
+            return 0.1  # chance at every rate
+        return 0.85 + NOISE[seed]
+
+    diverged = {("bn", r) for r in FINE[3:]} | {("none", r) for r in FINE[3:]}
+    runs = _write_runs(tmp_path, _grid(accuracy, ("bn", "none"), rates=FINE,
+                                       diverged=diverged))
+    result = claims.learning_rate_rule(runs)
+    assert math.isnan(result.details["highest_training_rate"]["none"]["2"])
+    assert result.details["seeds_at_no_rate"] == {"bn": 0, "none": 1}
+    assert math.isinf(result.estimate.high)
+    assert result.verdict == claims.INCONCLUSIVE
+    # Without that seed, the same runs say NOT SUPPORTED.
+    kept = runs[~((runs["norm"] == "none") & (runs["seed"] == 2))
+                & ~((runs["norm"] == "bn") & (runs["seed"] == 2))]
+    assert claims.learning_rate_rule(kept).verdict == claims.NOT_SUPPORTED
 
 
 def test_learning_rate_trains_means_above_chance_whatever_the_norm(tmp_path):
@@ -95,11 +140,14 @@ def test_learning_rate_trains_means_above_chance_whatever_the_norm(tmp_path):
             return 0.12 + NOISE[seed]  # chance (10 classes) and a little
         return 0.6 + NOISE[seed] if rate > 0.1 else 0.85 + NOISE[seed]
 
-    runs = _write_runs(tmp_path, _grid(accuracy, ("bn", "none"), rates=(0.01, 0.03, 0.1, 0.3),
-                                       diverged={("bn", 0.3)}))
+    runs = _write_runs(tmp_path, _grid(accuracy, ("bn", "none"), rates=COARSE,
+                                       diverged={("bn", 1.0)}))
     result = claims.learning_rate_rule(runs)
-    assert result.details["highest_training_rate"]["none"] == {0: 0.03, 1: 0.03, 2: 0.03}
-    assert result.estimate.value == pytest.approx(0.1 / 0.03)
+    assert result.details["highest_training_rate"]["none"] == {"0": 0.03, "1": 0.03, "2": 0.03}
+    assert result.details["highest_training_rate"]["bn"] == {"0": 0.3, "1": 0.3, "2": 0.3}
+    assert result.estimate.value == pytest.approx(0.3 / 0.03)
+    # BN's limit in [0.3, 1.0), no norm's in [0.03, 0.1): the ratio in (3, 33).
+    assert (result.estimate.low, result.estimate.high) == pytest.approx((3.0, 1.0 / 0.03))
     assert result.verdict == claims.SUPPORTED
 
 
@@ -236,6 +284,35 @@ def test_speed_counts_a_run_that_never_reaches_the_target(tmp_path):
     assert result.verdict == claims.INCONCLUSIVE
 
 
+@pytest.mark.parametrize("censored,verdict", [
+    # No norm needs 4× BN's steps in seeds 1 and 2, and never gets there in seed 0 (its
+    # steps at least its last, 1000): the ratio is at least 4 either way.
+    ("none", claims.SUPPORTED),
+    # BN never gets there in seed 0: its steps could be any number above 1000, so the
+    # ratio has no lower bound; SUPPORTED is undecidable (it was INCONCLUSIVE both ways).
+    ("bn", claims.INCONCLUSIVE),
+])
+def test_speed_a_run_that_never_reaches_the_target_leaves_one_side_open(tmp_path, censored,
+                                                                          verdict):
+    def curve(norm, seed):
+        if norm == censored and seed == 0:
+            return [(step, 0.3) for step in range(10, 1001, 10)]
+        stretch = 1.0 if norm == "bn" else 4.0
+        return [(step, min(0.8, 0.8 * step / (100 * stretch * (1 + seed / 100))))
+                for step in range(10, 1001, 10)]
+
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("bn", "none")))
+    _write_curves(tmp_path, runs, curve)
+    result = claims.speed_rule(runs)
+    assert result.details["runs_that_never_reached_it"][censored] == 1
+    assert result.verdict == verdict, result
+    assert ("BN run never" in result.reason) == (censored == "bn")
+    if censored == "none":
+        assert math.isinf(result.estimate.high) and result.estimate.low > 1.25
+    else:
+        assert result.estimate.low == 0.0  # exp(-inf): no lower bound on the ratio
+
+
 @pytest.mark.parametrize("after,verdict", [
     (0.80, claims.SUPPORTED), (0.85, claims.NOT_SUPPORTED), (None, claims.INCONCLUSIVE)])
 def test_placement_verdicts(tmp_path, after, verdict):
@@ -309,6 +386,25 @@ def test_alternatives_verdicts(tmp_path, gn_small, gn_sequences, verdict):
     result = claims.alternatives_rule(runs)
     assert result.verdict == verdict, result
     assert len(result.details["shortfalls"]) == 2
+
+
+def test_alternatives_needs_gn_in_both_regimes(tmp_path):
+    """GN judged on small batches alone was SUPPORTED without a GN sequence run."""
+    rows = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn", "gn"), sizes=(2, 32))
+    sequences = [row for row in _sequence_rows(lambda name, seed: 0.85 + NOISE[seed])
+                 if row["norm"] != "gn"]
+    for row in sequences:
+        row["batch_size"] = 7
+    result = claims.alternatives_rule(_write_runs(tmp_path, rows + sequences))
+    assert result.verdict == claims.NOT_MEASURED
+
+
+def test_a_margin_below_is_judged_from_the_other_side():
+    E = stats.Estimate
+    assert claims.decide(E(0.0, -0.01, 0.01, 4), 0.02, below=True) == claims.SUPPORTED
+    assert claims.decide(E(0.05, 0.03, 0.07, 4), 0.02, below=True) == claims.NOT_SUPPORTED
+    assert claims.decide(E(0.02, 0.0, 0.04, 4), 0.02, below=True) == claims.INCONCLUSIVE
+    assert str(claims.MARGINS["C9"]).startswith("below 0.02")
 
 
 @pytest.mark.parametrize("none_ics,verdict", [
