@@ -1003,12 +1003,71 @@ def _runs_of(claim: Claim, runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def evaluate(runs: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
-    """A verdict per claim from the runs (one `analysis.load_runs` frame)."""
+def _seeds(seeds: list[int]) -> str:
+    ordered = sorted(seeds)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
+        return f"seeds {ordered[0]}-{ordered[-1]}"
+    return "seeds " + ", ".join(map(str, ordered))
+
+
+def replicated(claim: Claim, per_set: list[Verdict], pooled: Verdict,
+               sets: list[list[int]]) -> Verdict:
+    """A claim judged on each disjoint seed set alone: the verdict stands where every
+    set says the same, and is INCONCLUSIVE otherwise (a verdict one set gives and
+    another does not is not one a rerun would keep). The estimate, details and
+    figure are the pooled ones (every set's seeds together); each set's verdict,
+    estimate, half-width and what decided it are in `details["replicates"]`."""
+    if pooled.verdict == NOT_MEASURED:
+        return pooled
+    verdicts = [v.verdict for v in per_set]
+    entries = [{"verdict": v.verdict, "seeds": _seeds(seeds),
+                "estimate": v.estimate.jsonable() if v.estimate else None,
+                **{k: claim.summary(v)[k] for k in ("half_width", "half_width_that_decides")
+                   if k in claim.summary(v)},
+                **({"reason": v.reason} if v.reason else {})}
+               for seeds, v in zip(sets, per_set, strict=True)]
+    out = dataclasses.replace(pooled, details={**pooled.details, "replicates": entries})
+    out.verdict, out.reason = _agreed(verdicts, sets, per_set[0].reason)
+    # C5 judges each further model alone too: replicated the same way, by model.
+    others = []
+    for other in pooled.details.get("other_models", []):
+        mine = [next((o for o in v.details.get("other_models", [])
+                      if o.get("model") == other.get("model")), None) for v in per_set]
+        verdict, reason = _agreed([o["verdict"] if o else NOT_MEASURED for o in mine], sets)
+        others.append({**other, "verdict": verdict, **({"reason": reason} if reason else {}),
+                       "replicates": [{"verdict": o["verdict"] if o else NOT_MEASURED,
+                                       "seeds": _seeds(seeds)}
+                                      for seeds, o in zip(sets, mine, strict=True)]})
+    if others:
+        out.details["other_models"] = others
+    return out
+
+
+def _agreed(verdicts: list[str], sets: list[list[int]], reason: str = "") -> tuple[str, str]:
+    """The verdict every seed set gave (and `reason`), or INCONCLUSIVE and why."""
+    if len(set(verdicts)) == 1:
+        return verdicts[0], reason
+    return INCONCLUSIVE, "it did not replicate: " + ", ".join(
+        f"{_seeds(seeds)} say {v}" for seeds, v in zip(sets, verdicts, strict=True))
+
+
+def evaluate(runs: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS,
+             seed_sets: list[list[int]] | None = None) -> list[Verdict]:
+    """A verdict per claim from the runs (one `analysis.load_runs` frame); with
+    `seed_sets` (a reproduction's: two disjoint sets or more), each claim judged on
+    each set alone (`replicated`), the runs of other seeds left out."""
+    replicate = bool(seed_sets and len(seed_sets) >= 2 and "seed" in runs)
     out = []
     for claim in claims:
         if claim.rule is None:
             out.append(_not_measured(claim.id, "no rule yet"))
-        else:
-            out.append(claim.rule(_runs_of(claim, runs)))
+            continue
+        mine = _runs_of(claim, runs)
+        if not replicate or not claim.experiments:  # C7 is computed: no seeds
+            out.append(claim.rule(mine))
+            continue
+        seeds = pd.to_numeric(mine["seed"], errors="coerce")
+        every = [s for seeds_of_set in seed_sets for s in seeds_of_set]
+        per_set = [claim.rule(mine[seeds.isin(one)]) for one in seed_sets]
+        out.append(replicated(claim, per_set, claim.rule(mine[seeds.isin(every)]), seed_sets))
     return out

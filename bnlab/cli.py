@@ -548,6 +548,10 @@ def reproduce_command(argv: list[str]) -> int:
         flags.DEFINE_integer("jobs", None, "parallel worker processes (default: 2 on a "
                              "CPU with 2 cores or more, 1 on an accelerator)", lower_bound=1,
                              flag_values=flag_values)
+        flags.DEFINE_integer("seed_offset", 0, "the first seed: each claim is judged on "
+                             "two disjoint seed sets from it (quick: 3 seeds each, 0-2 and "
+                             "3-5 by default); another offset gives an independent "
+                             "replication", lower_bound=0, flag_values=flag_values)
 
     config, overrides, flag_values = _parse_config_flags(argv, DEFAULT_CONFIG, define)
     if not flag_values.workdir:
@@ -559,7 +563,8 @@ def reproduce_command(argv: list[str]) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     override_values = {key: config[key] for key in overrides}
-    reproduce.plan(flag_values.scale, selected, override_values)  # bad input: before writing
+    # Bad input: before writing.
+    reproduce.plan(flag_values.scale, selected, override_values, None, flag_values.seed_offset)
     jobs = flag_values.jobs
     if jobs is None:
         # Asked of the device files, not of JAX: a process that started JAX's threads
@@ -569,7 +574,7 @@ def reproduce_command(argv: list[str]) -> int:
     _enable_compilation_cache()
     start = time.perf_counter()
     verdicts = reproduce.reproduce(flag_values.workdir, flag_values.scale, selected, jobs,
-                                   override_values)
+                                   override_values, seed_offset=flag_values.seed_offset)
     for verdict in verdicts:
         print(f"{verdict.claim:4} {verdict.verdict:14} {verdict.effect}")
     report, claims_json = tracking.SweepDir(flag_values.workdir).report_paths()

@@ -134,27 +134,47 @@ SMOKE_WARNING = ("**Smoke scale: these verdicts check the machinery (every exper
 
 
 def _decision(claim: Claim, verdict: Verdict) -> str:
-    """The margin, the half-width and what would have decided, in words."""
+    """The margin, the half-width and what would have decided, in words (for each
+    seed set, where the claim was judged on each alone)."""
     summary = claim.summary(verdict)
     if not summary:
         return ""
-    factor = "×/÷ " if summary["log_scale"] else "± "
     text = (f"Judged against a smallest effect of interest of {claim.margin} "
             f"({claim.margin.why}). ")
+    replicates = verdict.details.get("replicates")
+    if not replicates:
+        return text + _interval_text(claim, verdict.verdict, summary, verdict.reason)
+    factor = "×/÷ " if summary["log_scale"] else "± "
+    text += "Judged on each seed set alone, and standing only where they agree: "
+    for one in replicates:
+        said = _interval_text(claim, one["verdict"], {**summary, **one}, one.get("reason", ""))
+        text += f"{one['seeds']}: {one['verdict']}; {said[0].lower()}{said[1:]} "
+    if verdict.reason.startswith("it did not replicate"):
+        text += f"{verdict.reason[0].upper()}{verdict.reason[1:]}."
     half = summary["half_width"]
+    if not math.isnan(half) and not math.isinf(half):
+        text += f" All seeds together: an interval {factor}{half:.3g} wide."
+    return text.rstrip()
+
+
+def _interval_text(claim: Claim, verdict: str, summary: dict[str, Any], reason: str) -> str:
+    """One interval's half-width, what would have decided it, and `reason`."""
+    factor = "×/÷ " if summary["log_scale"] else "± "
+    text = ""
+    half = summary.get("half_width", math.nan)
     if math.isnan(half):
         text += "No interval: too few seeds shared by the arms compared."
     elif math.isinf(half):
         text += "The interval is open on one side"
     else:
         text += f"The interval is {factor}{half:.3g} wide"
-        if verdict.verdict == "INCONCLUSIVE" and not verdict.reason:
+        if verdict == "INCONCLUSIVE" and not reason:
             text += (f"; it decides at {factor}{summary['half_width_that_decides']:.3g} "
                      "(the distance from the estimate to the margin)")
     if not math.isnan(half):
         text += "."
-    if verdict.reason:
-        text += f" {verdict.reason[0].upper()}{verdict.reason[1:]}."
+    if reason:
+        text += f" {reason[0].upper()}{reason[1:]}."
     return text
 
 
@@ -165,8 +185,9 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
     are written at the end, each whole (`tracking.Unwritable` where the disk refuses)."""
     out = Path(out or workdir)
     runs = analysis.load_runs(workdir)
-    verdicts = evaluate(runs, claims)
     about = tracking.SweepDir(workdir).read_reproduce()
+    seed_sets = (about or {}).get("seed_sets")
+    verdicts = evaluate(runs, claims, seed_sets)
     header = f"{len(runs)} runs under `{workdir}`"
     if about:
         header += (f", `bnlab reproduce --scale {about['scale']}`"
@@ -179,9 +200,12 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
               "beyond the claim's margin on the side the claim predicts (above it; below "
               "it for a margin written \"below\"), NOT SUPPORTED when it lies on the "
               "other side, INCONCLUSIVE otherwise; each claim's section says what was "
-              "compared.", "",
-              "| claim | verdict | effect | estimate [95% interval] | margin | "
-              "the article says |", "|---|---|---|---|---|---|"]
+              "compared." + (f" Each claim is judged on {len(seed_sets)} disjoint seed "
+                             "sets alone, and a verdict stands only where every set gives "
+                             "it; the estimate is all seeds' together." if seed_sets and
+                             len(seed_sets) > 1 else ""), "",
+              "| claim | verdict | effect | estimate [95% interval] | each seed set | "
+              "margin | the article says |", "|---|---|---|---|---|---|---|"]
     sections, figures = [], {}
     for claim, verdict in zip(claims, verdicts, strict=True):
         figure = f"{claim.id}.png"
@@ -193,8 +217,11 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
             effect += f"; {other['model']}: {other['verdict']}"
             estimate += f"; {other['model']}: {_format(Estimate(**other['estimate']))}"
         margin = str(claim.margin) if claim.margin else "definition check"
+        each = "; ".join(f"{one['seeds']}: {one['verdict']}"
+                         + (f" {_format(Estimate(**one['estimate']))}" if one["estimate"]
+                            else "") for one in verdict.details.get("replicates", []))
         lines.append(f"| [{claim.id} {claim.short}](#{claim.id.lower()}) | {verdict.verdict} | "
-                     f"{effect} | {estimate} | {margin} | {claim.text} |")
+                     f"{effect} | {estimate} | {each} | {margin} | {claim.text} |")
         sections += ["", f"## {claim.id}", "", f"**{claim.text}** — {verdict.verdict}.", ""]
         if verdict.verdict == NOT_MEASURED:
             sections.append(f"Not measured: {verdict.effect}.")

@@ -3,7 +3,9 @@ of three sizes, then the report (`report.write_report`).
 
 Each claim names its experiments (`claims.Claim.experiments`): sweep files under
 `experiments/` whose `get_config(scale)` and `get_sweep(scale)` size them. Every
-experiment is one sweep in `WORKDIR/<experiment>/`, run by the sweep machinery, so
+experiment is one sweep in `WORKDIR/<experiment>/`, its grid run once per disjoint
+set of seeds (`seed_sets`; `--seed_offset` picks other sets), so that the report can
+judge each claim on each set alone. It is run by the sweep machinery, so
 a relaunch skips finished runs and restarts interrupted ones; runs that differ only
 in learning rate, weight decay and seed train packed where packing pays (on an
 accelerator). The report goes to WORKDIR.
@@ -31,12 +33,41 @@ def experiments_for(claims: tuple[claims_lib.Claim, ...]) -> list[str]:
     return [name for name in names if (EXPERIMENTS_DIR / f"{name}.py").is_file()]
 
 
+# Every verdict is decided on this many disjoint sets of seeds, each alone, and
+# stands only where they agree (`claims.replicated`).
+REPLICATES = 2
+
+
+def seed_sets(scale: str, seed_offset: int = 0,
+              replicates: int = REPLICATES) -> list[list[int]]:
+    """The disjoint seed sets of a reproduction: the scale's seeds (`sweep.SEEDS`,
+    0 … n-1) shifted by `seed_offset`, then by n for each further set. A seed also
+    sets the data order, so each set trains on its own orders."""
+    base = list(sweep.at_scale(sweep.SEEDS, scale))
+    return [[seed_offset + r * len(base) + s for s in base] for r in range(replicates)]
+
+
+def _with_seed_sets(grid: list[dict[str, Any]], scale: str,
+                    sets: list[list[int]]) -> list[dict[str, Any]]:
+    """The experiment's grid once per seed set: the scale's i-th seed becomes set r's
+    i-th seed (a point with another seed, or none, stays as it is, once)."""
+    base = list(sweep.at_scale(sweep.SEEDS, scale))
+    out = []
+    for seeds in sets:
+        to_set = dict(zip(base, seeds, strict=True))
+        out += [{**point, "seed": to_set[point["seed"]]} if point.get("seed") in to_set
+                else point for point in grid]
+    return list({repr(sorted(p.items())): p for p in out}.values())
+
+
 def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
          overrides: dict[str, Any] | None = None,
-         workdir: str | Path | None = None) -> dict[str, list[sweep.Run]]:
+         workdir: str | Path | None = None, seed_offset: int = 0) -> dict[str, list[sweep.Run]]:
     """Every run of every experiment the claims need, validated, before anything is
-    written: {experiment: runs}. `overrides` apply to every run (e.g. the dataset);
-    with `workdir`, runs already there keep their names (`sweep.plan`)."""
+    written: {experiment: runs}, each experiment's grid once per seed set
+    (`seed_sets`). `overrides` apply to every run (e.g. the dataset); with
+    `workdir`, runs already there keep their names (`sweep.plan`)."""
+    sets = seed_sets(scale, seed_offset)
     planned = {}
     for name in experiments_for(claims):
         module = sweep.load_sweep_file(EXPERIMENTS_DIR / f"{name}.py")
@@ -47,25 +78,30 @@ def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
         if len(mine) < len(overrides or {}):
             print(f"{name}: keeps its own {', '.join(sorted(fixed & set(overrides or {})))}",
                   flush=True)
-        planned[name] = sweep.plan(module.get_config(scale), module.get_sweep(scale), mine,
+        planned[name] = sweep.plan(module.get_config(scale),
+                                   _with_seed_sets(module.get_sweep(scale), scale, sets), mine,
                                    Path(workdir) / name if workdir else None)
     return planned
 
 
 def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, ...],
               jobs: int = 1, overrides: dict[str, Any] | None = None,
-              progress: bool = True) -> list[claims_lib.Verdict]:
-    """Runs the experiments of `claims` (skipping finished runs) and writes the report
-    of every claim the runs in `workdir` can judge; returns the verdicts."""
+              progress: bool = True, seed_offset: int = 0) -> list[claims_lib.Verdict]:
+    """Runs the experiments of `claims` on each seed set (skipping finished runs) and
+    writes the report of every claim the runs in `workdir` can judge; returns the
+    verdicts."""
     workdir = Path(workdir)
-    planned = plan(scale, claims, overrides, workdir)
+    planned = plan(scale, claims, overrides, workdir, seed_offset)
     if jobs > 1:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as `sweep`
     sweep.check([run for runs in planned.values() for run in runs])
     start = time.perf_counter()
     tracking_dir = tracking.SweepDir(workdir)
     about = tracking_dir.read_reproduce() or {"launches": []}
-    about.update(scale=scale, overrides=overrides or {})
+    # The report judges these sets, and only these (runs of another offset in the same
+    # directory are left out of it).
+    about.update(scale=scale, overrides=overrides or {}, seed_offset=seed_offset,
+                 seed_sets=seed_sets(scale, seed_offset))
     # What ran it: commit, versions, devices and host (each run has its own env.json).
     about["environment"] = {k: v for k, v in tracking.environment().items() if k != "argv"}
     unfinished: list[str] = []

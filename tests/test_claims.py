@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import assert_one_line_error
 
@@ -397,6 +398,35 @@ def test_alternatives_needs_gn_in_both_regimes(tmp_path):
         row["batch_size"] = 7
     result = claims.alternatives_rule(_write_runs(tmp_path, rows + sequences))
     assert result.verdict == claims.NOT_MEASURED
+
+
+def test_a_verdict_stands_only_where_every_seed_set_gives_it(tmp_path):
+    """Issue 19: a verdict that does not replicate on disjoint seeds is INCONCLUSIVE,
+    whatever one set says. Seeds 0-2: BN 15 points down at batch 2 (SUPPORTED);
+    seeds 3-5: no drop (NOT SUPPORTED)."""
+    def accuracy(norm, batch, rate, seed):
+        drop = 0.15 if norm == "bn" and batch == 2 and seed < 3 else 0.0
+        return 0.85 - drop + NOISE[seed % 3]
+
+    runs = _write_runs(tmp_path, _grid(accuracy, ("bn", "gn"), sizes=(2, 32),
+                                       seeds=range(6)))
+    c5 = claims.claims_by_id(["C5"])
+    sets = [[0, 1, 2], [3, 4, 5]]
+    verdict, = claims.evaluate(runs, c5, sets)
+    assert verdict.verdict == claims.INCONCLUSIVE
+    assert verdict.reason == ("it did not replicate: seeds 0-2 say SUPPORTED, seeds 3-5 say "
+                              "NOT SUPPORTED")
+    assert [r["verdict"] for r in verdict.details["replicates"]] == [claims.SUPPORTED,
+                                                                     claims.NOT_SUPPORTED]
+    assert verdict.estimate.value == pytest.approx(0.075)  # all six seeds together
+    # Where both sets agree, the verdict stands.
+    agreeing = runs[runs["seed"].isin([0, 1, 2])].copy()
+    again = agreeing.assign(seed=agreeing["seed"] + 10)
+    verdict, = claims.evaluate(pd.concat([agreeing, again]), c5, [[0, 1, 2], [10, 11, 12]])
+    assert verdict.verdict == claims.SUPPORTED and not verdict.reason
+    # Runs of seeds outside the sets are left out.
+    verdict, = claims.evaluate(runs, c5, [[0, 1], [2]])
+    assert [r["seeds"] for r in verdict.details["replicates"]] == ["seeds 0, 1", "seeds 2"]
 
 
 def test_a_margin_below_is_judged_from_the_other_side():

@@ -20,13 +20,15 @@ def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     runs = analysis.load_runs(workdir)
     assert set(runs["sweep"]) == set(claims.EXPERIMENTS)
-    assert set(runs["status"]) <= {"done", "diverged"} and len(runs) == 36
+    # Each experiment's grid once per seed set: smoke's seeds 0-1, then 2-3.
+    assert set(runs["status"]) <= {"done", "diverged"} and len(runs) == 72
+    assert set(runs["seed"]) == {0, 1, 2, 3}
     written = json.loads((workdir / "claims.json").read_text())
     assert [c["id"] for c in written["claims"]] == [c.id for c in claims.CLAIMS]
     report = (workdir / "report.md").read_text()
     # Provenance: the commit the runs recorded, the scale; smoke is marked as no evidence.
     commit = tracking.environment()["git_commit"] or "unknown"
-    assert written["provenance"]["git_commit"] == {commit: 36}
+    assert written["provenance"]["git_commit"] == {commit: 72}
     assert written["provenance"]["scale"] == "smoke"
     assert f"- bnlab commit of the runs: {commit}" in report
     assert report_lib.SMOKE_WARNING in report and "## Limitations" in report
@@ -39,22 +41,40 @@ def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_pa
         assert f"| [{claim['id']} {short}](#{claim['id'].lower()}) | {claim['verdict']} |" in report
         assert (workdir / f"{claim['id']}.png").stat().st_size > 5000  # a figure each
         assert f"![{claim['id']}]({claim['id']}.png)" in report
+        if claim["id"] != "C7":  # judged on each seed set alone (C7 trains nothing)
+            assert [r["seeds"] for r in claim["details"]["replicates"]] == ["seeds 0, 1",
+                                                                           "seeds 2, 3"]
     # Every verdict comes from the runs: rebuilding from the directory gives the same.
     report_lib.write_report(workdir, tmp_path / "rebuilt")
     assert json.loads((tmp_path / "rebuilt" / "claims.json").read_text()) == written
     # A relaunch of one claim trains nothing: its runs are finished.
     reproduce.reproduce(workdir, "smoke", claims.claims_by_id(["c6"]), progress=False)
-    assert "placement: 4 runs, 4 finished before" in capsys.readouterr().out
+    assert "placement: 8 runs, 8 finished before" in capsys.readouterr().out
     assert json.loads((workdir / "claims.json").read_text()) == written
 
 
 def test_bad_reproduce_input_is_one_line_and_writes_nothing(cli, tmp_path):
     for args, message in ((["--scale", "huge"], "flag --scale=huge: value should be one of"),
                           (["--claims", "C1,C42"], "unknown claim(s) C42"),
-                          (["--config.nrom=bn"], "unknown config field 'nrom'")):
+                          (["--config.nrom=bn"], "unknown config field 'nrom'"),
+                          (["--seed_offset", "-1"], "flag --seed_offset=-1: -1 is not a "
+                                                    "non-negative integer")):
         assert_one_line_error(cli("reproduce", *args, "--workdir", str(tmp_path / "w")),
                               message)
     assert not (tmp_path / "w").exists()
+
+
+def test_a_seed_offset_plans_disjoint_seed_sets_of_the_same_grid():
+    first = reproduce.plan("quick", claims.claims_by_id(["C6"]))["placement"]
+    other = reproduce.plan("quick", claims.claims_by_id(["C6"]), seed_offset=100)["placement"]
+    assert reproduce.seed_sets("quick", 100) == [[100, 101, 102], [103, 104, 105]]
+    assert {r.config.seed for r in first} == set(range(6))
+    assert {r.config.seed for r in other} == set(range(100, 106))
+
+    def without_seed(runs):
+        return sorted(repr({k: v for k, v in r.overrides.items() if k != "seed"}) for r in runs)
+
+    assert without_seed(first) == without_seed(other) and len(first) == 12
 
 
 def test_full_scale_plans_resnet20_five_seeds_and_takes_a_dataset_override(capsys):
@@ -62,7 +82,7 @@ def test_full_scale_plans_resnet20_five_seeds_and_takes_a_dataset_override(capsy
     assert set(planned) == set(claims.EXPERIMENTS)
     batch = planned["batch_size"]
     assert {r.config.model for r in batch} == {"resnet20", "mlp"}
-    assert {r.config.seed for r in batch} == {0, 1, 2, 3, 4}
+    assert {r.config.seed for r in batch} == set(range(10))  # two sets of five
     assert {r.config.batch_size for r in batch} == {2, 4, 8, 16, 32}
     # The sequence experiment keeps its data: the claim is about sequences.
     assert {r.config.dataset for r in planned["sequences"]} == {"fashion_mnist_rows"}
