@@ -81,6 +81,8 @@ def provenance(runs, about: dict[str, Any] | None) -> dict[str, Any]:
         key: dict(Counter(str(env.get(key) or "unknown") for env in envs).most_common())
         for key in ("git_commit", "python", "jax", "flax", "optax", "platform", "host",
                     "machine")}
+    # The rules that judged them: the report may be rebuilt by a later bnlab.
+    out["report_commit"] = tracking.git_commit() or "unknown"
     if about:
         out.update(scale=about.get("scale"), overrides=about.get("overrides") or {})
     return out
@@ -92,7 +94,8 @@ def _provenance_lines(facts: dict[str, Any]) -> list[str]:
         return ", ".join(f"{v} ({n} runs)" if len(values) > 1 else v for v, n in values.items())
 
     lines = ["## Provenance", "",
-             f"- bnlab commit of the runs: {counted('git_commit')}",
+             f"- bnlab commit of the runs: {counted('git_commit')}; of this report's "
+             f"rules: {facts['report_commit']}",
              f"- versions: python {counted('python')}, jax {counted('jax')}, flax "
              f"{counted('flax')}, optax {counted('optax')}",
              f"- platform: {counted('platform')} on {counted('host')} ({counted('machine')})"]

@@ -232,11 +232,13 @@ def environment() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()], "device_count": jax.device_count(),
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "host": socket.gethostname(), "machine": platform.machine(), "argv": sys.argv,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The commit of this bnlab checkout ("+dirty" where bnlab/ or configs/ have
+    changes), or None outside a git checkout."""
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,

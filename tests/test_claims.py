@@ -285,6 +285,62 @@ def test_speed_counts_a_run_that_never_reaches_the_target(tmp_path):
     assert result.verdict == claims.INCONCLUSIVE
 
 
+def test_speed_compares_each_norm_at_its_tuned_rate_and_reports_every_rate(tmp_path):
+    """Issue 19: C1 took the smallest rate of the grid (4.3× there, 1.1× at another).
+    Now each norm runs at its tuned rate (its best final accuracy), and every rate
+    both trained at is judged in the details. No norm: best at 0.01 (0.80), reaching
+    0.8 at step 400; BN: best at 0.1 (0.85), reaching 0.85 at step 100, and at 0.01
+    as fast as no norm."""
+    def final(norm, batch, rate, seed):
+        return {("none", 0.01): 0.80, ("none", 0.1): 0.70, ("bn", 0.01): 0.80,
+                ("bn", 0.1): 0.85}[norm, rate]
+
+    def curve(norm, rate, seed):
+        top = final(norm, 0, rate, seed)
+        reach = 100 if (norm, rate) == ("bn", 0.1) else 400
+        reach *= 1 + seed / 50
+        return [(step, min(top, top * step / reach)) for step in range(10, 1001, 10)]
+
+    runs = _write_runs(tmp_path, _grid(final, ("bn", "none"), rates=(0.01, 0.1)))
+    for row in runs.to_dict("records"):
+        (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": step, "test_accuracy": acc}) + "\n"
+            for step, acc in curve(row["norm"], row["learning_rate"], row["seed"])))
+    result = claims.speed_rule(runs)
+    assert result.details["tuned_learning_rate"] == {"bn": 0.1, "none": 0.01}
+    assert result.details["target_accuracy"] == pytest.approx(0.95 * 0.80)
+    # To 0.76: BN at 0.1 in 0.76/0.85·100 steps, no norm at 0.01 in 0.95·400.
+    assert result.estimate.value == pytest.approx(0.95 * 400 / (0.76 / 0.85 * 100), rel=1e-6)
+    assert result.verdict == claims.SUPPORTED
+    at_rate = {item["learning_rate"]: item for item in result.details["at_each_learning_rate"]}
+    assert at_rate[0.01]["estimate"]["value"] == pytest.approx(1.0)
+    assert at_rate[0.01]["verdict"] == claims.NOT_SUPPORTED
+
+
+@pytest.mark.parametrize("bn_speed,verdict", [
+    (100.0, claims.SUPPORTED),        # as fast per step: 4× fewer steps is 4× less time
+    (10.0, claims.NOT_SUPPORTED)])    # 10× slower per step: 4× fewer steps, 2.5× more time
+def test_wall_clock_counts_each_runs_measured_speed(tmp_path, bn_speed, verdict):
+    jitter = {0: 0.97, 1: 1.0, 2: 1.03}
+
+    def curve(norm, seed):
+        stretch = jitter[seed] * (1 if norm == "bn" else 4)
+        return [(step, min(0.8, 0.8 * step / (100 * stretch))) for step in range(10, 1001, 10)]
+
+    runs = _write_runs(tmp_path, _grid(lambda n, b, r, s: 0.8, ("bn", "none")))
+    _write_curves(tmp_path, runs, curve)
+    for row in runs.to_dict("records"):
+        summary = tracking.RunDir(tmp_path / "runs" / row["run"]).summary()
+        summary["steps_per_s"] = bn_speed if row["norm"] == "bn" else 100.0
+        tracking.write_json_atomic(tmp_path / "runs" / row["run"] / "summary.json", summary)
+    runs = analysis.load_runs(tmp_path)
+    steps, seconds = claims.speed_rule(runs), claims.wall_clock_rule(runs)
+    assert steps.estimate.value == pytest.approx(4.0, rel=0.02)
+    assert seconds.estimate.value == pytest.approx(4.0 * bn_speed / 100, rel=0.02)
+    assert seconds.verdict == verdict, seconds
+    assert seconds.details["unit"] == "seconds"
+
+
 @pytest.mark.parametrize("censored,verdict", [
     # No norm needs 4× BN's steps in seeds 1 and 2, and never gets there in seed 0 (its
     # steps at least its last, 1000): the ratio is at least 4 either way.

@@ -30,7 +30,8 @@ def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_pa
     commit = tracking.environment()["git_commit"] or "unknown"
     assert written["provenance"]["git_commit"] == {commit: 72}
     assert written["provenance"]["scale"] == "smoke"
-    assert f"- bnlab commit of the runs: {commit}" in report
+    assert f"- bnlab commit of the runs: {commit}; of this report's rules: {commit}" in report
+    assert written["provenance"]["report_commit"] == commit
     assert report_lib.SMOKE_WARNING in report and "## Limitations" in report
     for claim in written["claims"]:
         measured = claim["id"] in MEASURED
