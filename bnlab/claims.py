@@ -109,7 +109,7 @@ def _config_fields() -> tuple[str, ...]:
 _INCIDENTAL = {"data_dir", "coordinator_address", "num_processes", "process_id",
                "log_every", "eval_every", "checkpoint_every", "log_grad_norms",
                "steps_per_call", "cpu_fusion", "eval_batch_size", "log_activations",
-               "log_landscape"}
+               "log_landscape", "curve_test_size"}
 
 
 def _comparable(runs: pd.DataFrame, free: tuple[str, ...]) -> list[pd.DataFrame]:

@@ -135,7 +135,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  isinstance(b, int | float) and not isinstance(b, bool) and 0 < b < 1
                  for b in bounds) and list(bounds) == sorted(bounds),
              "must be increasing fractions of the run in (0, 1)")
-    for field in ("train_size", "test_size"):
+    for field in ("train_size", "test_size", "curve_test_size"):
         if config.get(field) is not None:
             _positive_int(config, field)
     if config.eval_every is not None:

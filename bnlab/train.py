@@ -633,7 +633,8 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
     if (is_last or (eval_every and step % eval_every == 0)) and any(
             members[i].diverged_step is None for i in live):
         with chrono.evaluating():
-            tests = program.evaluate(run.test_set, config.eval_batch_size)
+            tests = program.evaluate(run.test_set if is_last else _curve_set(run),
+                                     config.eval_batch_size)
     for i in live:
         m = members[i]
         learning_rate = m.run.config.learning_rate * float(factor(step - 1))
@@ -663,6 +664,16 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
         m.last = row
         if m.checkpoints and step % config.checkpoint_every == 0 and not is_last:
             m.checkpoints.save(step, program.host_state(i))
+
+
+def _curve_set(run: Prepared) -> data.Dataset:
+    """The test examples of the evaluations along the way: the first
+    `curve_test_size` (all without it)."""
+    size = run.config.get("curve_test_size")
+    if size is None or size >= len(run.test_set):
+        return run.test_set
+    return dataclasses.replace(run.test_set, images=run.test_set.images[:size],
+                               labels=run.test_set.labels[:size])
 
 
 def _postfix(members: list[_Member]) -> dict[str, str]:

@@ -297,3 +297,24 @@ def test_diagnostics_equal_a_hand_computation_and_leave_training_alone(small_con
         betas.append(np.linalg.norm(flat(grad_at(step)) - flat(g))
                      / (size * 0.05 * np.linalg.norm(flat(g))))
     assert first["landscape/beta"] == pytest.approx(max(betas), rel=1e-3)
+
+
+def test_curve_evaluations_use_the_first_curve_test_size_examples(small_config, tmp_path):
+    """The evaluations along the way on the first 300 test examples, the last on all
+    2,000: the same numbers as runs evaluated on those test sets throughout (the
+    training is the same)."""
+    small_config.update(num_steps=10, eval_every=5)
+    curve = small_config.copy_and_resolve_references()
+    curve.curve_test_size = 300
+    on_300 = small_config.copy_and_resolve_references()
+    on_300.test_size = 300
+
+    def rows(config, name):
+        train.train_and_evaluate(config, str(tmp_path / name))
+        return {r["step"]: r for r in tracking.read_metrics(tmp_path / name / "metrics.jsonl")}
+
+    both, small, whole = rows(curve, "curve"), rows(on_300, "300"), rows(small_config, "all")
+    assert both[5]["test_accuracy"] == small[5]["test_accuracy"]
+    assert both[5]["test_accuracy"] != whole[5]["test_accuracy"]  # really another test set
+    assert both[10]["test_accuracy"] == whole[10]["test_accuracy"]
+    assert both[10]["test_loss"] == whole[10]["test_loss"]
