@@ -109,7 +109,7 @@ def _config_fields() -> tuple[str, ...]:
 _INCIDENTAL = {"data_dir", "coordinator_address", "num_processes", "process_id",
                "log_every", "eval_every", "checkpoint_every", "log_grad_norms",
                "steps_per_call", "cpu_fusion", "eval_batch_size", "log_activations",
-               "log_landscape", "curve_test_size"}
+               "log_landscape", "curve_test_size", "eval_train_set"}
 
 
 def _comparable(runs: pd.DataFrame, free: tuple[str, ...]) -> list[pd.DataFrame]:
@@ -315,7 +315,7 @@ def small_batch_rule(runs: pd.DataFrame) -> Verdict:
     BN's own drop and that excess lie above `MARGINS["C5"]`, NOT SUPPORTED when
     either lies below it. Judged on each model the runs have; the
     verdict is the largest group's (the article's conv net in `batch_size.py`), the
-    others' are in `details["other_models"]`, and every norm's own drop in
+    others' are in `details["other_settings"]`, and every norm's own drop in
     `details["drop"]`."""
     candidates = [g for g in _comparable(_finished(runs), ("batch_size", "learning_rate"))
                   if {"bn", "gn"} <= set(g["norm"]) and g["batch_size"].nunique() >= 2]
@@ -323,9 +323,9 @@ def small_batch_rule(runs: pd.DataFrame) -> Verdict:
         return _not_measured("C5", "needs bn and gn runs at two batch sizes or more")
     verdicts = [_small_batch(group) for group in candidates]
     first = verdicts[0]
-    first.details["other_models"] = [
-        {"verdict": v.verdict, "effect": v.effect, "estimate": v.estimate.jsonable(),
-         **v.details} for v in verdicts[1:]]
+    first.details["other_settings"] = [
+        {"setting": v.details["model"], "verdict": v.verdict, "effect": v.effect,
+         "estimate": v.estimate.jsonable(), **v.details} for v in verdicts[1:]]
     first.runs = pd.concat([v.runs for v in verdicts])
     return first
 
@@ -347,38 +347,20 @@ def _small_batch_figure(verdict: Verdict, fig: Figure) -> None:
 TRAINS_ABOVE_CHANCE = 0.25
 
 
-def learning_rate_rule(runs: pd.DataFrame, classes: int = 10) -> Verdict:
-    """C2: BN trains at larger learning rates than no norm. For each seed, the
-    highest rate of the grid at which each norm's run trains (`TRAINS_ABOVE_CHANCE`).
-    Effect: BN's ÷ no norm's, the geometric mean over seeds of each seed's ratio,
-    judged against `MARGINS["C2"]`. A grid only brackets a norm's limit: it lies
-    between its highest rate that trains and the next rate of the grid (above the
-    top rate when it trains there, below the lowest when it trains at none), so each
-    seed's ratio is known within bounds and the interval is `bounded`'s: the grid's
-    step widens it, and a limit the grid did not reach leaves that side undecided."""
-    # Rates compared where only the rate differs (a batch-size sweep that scales the
-    # rate with the batch has one rate per setting).
-    candidates = [g for g in _comparable(_finished(runs), ("learning_rate",))
-                  if {"bn", "none"} <= set(g["norm"])
-                  and min(g[g["norm"] == n]["learning_rate"].nunique()
-                          for n in ("bn", "none")) >= 2]
-    if not candidates:
-        return _not_measured("C2", "needs bn and none runs at two learning rates or more, "
-                             "all else equal")
-    runs = candidates[0]
-    size = runs["batch_size"].iloc[0]
-    grid = sorted(float(r) for r in runs["learning_rate"].unique())
-    accuracy = pd.to_numeric(runs["test_accuracy"], errors="coerce")
-    collapsed = (runs["collapsed"].fillna(False).astype(bool) if "collapsed" in runs
-                 else pd.Series(False, index=runs.index))
-    trains = ((runs["status"] == "done") & ~collapsed
-              & (accuracy >= 1 / classes + TRAINS_ABOVE_CHANCE))
-    # {norm: {seed: (highest rate that trains or NaN, its log's bounds, the log shown)}}
+def _rate_limits(bn: pd.DataFrame, none: pd.DataFrame, grid: list[float],
+                 classes: int) -> tuple[Estimate, dict[str, Any], str]:
+    """log(BN's ÷ no norm's highest rate that trains), per seed within the bounds the
+    grid gives (`bounded`); the details; and why a side is open, if one is."""
     found: dict[str, dict[int, tuple[float, float, float, float]]] = {}
     below_grid = math.log(grid[0]) - (math.log(grid[1]) - math.log(grid[0]))
-    for norm in ("bn", "none"):
-        mine = runs[runs["norm"] == norm]
+    for norm, mine in (("bn", bn), ("none", none)):
+        accuracy = pd.to_numeric(mine["test_accuracy"], errors="coerce")
+        collapsed = (mine["collapsed"].fillna(False).astype(bool) if "collapsed" in mine
+                     else pd.Series(False, index=mine.index))
+        trains = ((mine["status"] == "done") & ~collapsed
+                  & (accuracy >= 1 / classes + TRAINS_ABOVE_CHANCE))
         found[norm] = {}
+        # {seed: (highest rate that trains or NaN, its log's bounds, the log shown)}
         for seed, group in mine.groupby("seed"):
             rate = float(group.loc[trains[group.index], "learning_rate"].max())
             if math.isnan(rate):  # trains at no rate: its limit is below the grid
@@ -392,47 +374,130 @@ def learning_rate_rule(runs: pd.DataFrame, classes: int = 10) -> Verdict:
     def column(norm, i):
         return {seed: v[i] for seed, v in found[norm].items()}
 
-    log_ratio = bounded(low=[(1, column("bn", 1)), (-1, column("none", 2))],
-                        high=[(1, column("bn", 2)), (-1, column("none", 1))],
-                        value=[(1, column("bn", 3)), (-1, column("none", 3))])
-
     def count(norm, i, value):
         return sum(v[i] == value for v in found[norm].values())
 
+    log_ratio = bounded(low=[(1, column("bn", 1)), (-1, column("none", 2))],
+                        high=[(1, column("bn", 2)), (-1, column("none", 1))],
+                        value=[(1, column("bn", 3)), (-1, column("none", 3))])
     details = {"highest_training_rate": {n: _keyed(column(n, 0)) for n in found},
-               "trains": f"not diverged or collapsed, test accuracy >= "
-                         f"{1 / classes + TRAINS_ABOVE_CHANCE:.0%}",
-               "rates": grid,
                "seeds_at_the_top_rate": {n: count(n, 2, math.inf) for n in found},
-               "seeds_at_no_rate": {n: count(n, 1, -math.inf) for n in found},
-               "batch_size": int(size)}
+               "seeds_at_no_rate": {n: count(n, 1, -math.inf) for n in found}}
     open_side = _blocked(
-        log_ratio, "for a seed BN trains at no rate of the grid, or no norm trains at its "
-        "top rate: the ratio has no lower bound",
-        "for a seed BN trains at the grid's top rate, or no norm trains at none of its "
-        "rates: the grid did not reach a limit, and the ratio has no upper bound")
-    effect = f"highest learning rate that trains: BN's ÷ no norm's (batch {size})"
-    verdict = decide(log_ratio, MARGINS["C2"].judged)
-    return Verdict("C2", verdict, effect, _as_ratio(log_ratio), details, runs,
-                   reason=open_side or "")
+        log_ratio, "for a seed BN trains at no rate of the grid, or the run without a norm "
+        "trains at its top rate: the ratio has no lower bound",
+        "for a seed BN trains at the grid's top rate, or the run without a norm at no "
+        "rate of it: the grid did not reach a limit, and the ratio has no upper bound")
+    return log_ratio, details, open_side or ""
+
+
+def learning_rate_rule(runs: pd.DataFrame, classes: int = 10) -> Verdict:
+    """C2: BN trains at larger learning rates than no norm. For each seed, the
+    highest rate of the grid at which each norm's run trains (`TRAINS_ABOVE_CHANCE`).
+    Effect: BN's ÷ no norm's, the geometric mean over seeds of each seed's ratio,
+    judged against `MARGINS["C2"]`. A grid only brackets a norm's limit: it lies
+    between its highest rate that trains and the next rate of the grid (above the
+    top rate when it trains there, below the lowest when it trains at none), so each
+    seed's ratio is known within bounds and the interval is `bounded`'s: the grid's
+    step widens it, and a limit the grid did not reach leaves that side undecided.
+
+    Where the runs have SimpleCNN with BN on fc1 too (`norm_fc1`: every hidden
+    layer normalized, as in the papers that find the effect), that BN decides, and
+    the article's net (its convolutions normalized, fc1 not) is judged beside it in
+    `details["other_settings"]`; otherwise the article's net decides."""
+    # Rates compared where only the rate differs (a batch-size sweep that scales the
+    # rate with the batch has one rate per setting).
+    candidates = [g for g in _comparable(_finished(runs), ("learning_rate", "norm_fc1"))
+                  if {"bn", "none"} <= set(g["norm"])
+                  and min(g[g["norm"] == n]["learning_rate"].nunique()
+                          for n in ("bn", "none")) >= 2]
+    if not candidates:
+        return _not_measured("C2", "needs bn and none runs at two learning rates or more, "
+                             "all else equal")
+    runs = candidates[0]
+    size = runs["batch_size"].iloc[0]
+    grid = sorted(float(r) for r in runs["learning_rate"].unique())
+    on_fc1 = (runs["norm_fc1"].fillna(False).astype(bool) if "norm_fc1" in runs
+              else pd.Series(False, index=runs.index))
+    # A run without a norm computes the same whatever norm_fc1 says.
+    none = runs[(runs["norm"] == "none") & ~on_fc1]
+    if none.empty:
+        none = runs[runs["norm"] == "none"]
+    arms = {"BN on every hidden layer": runs[(runs["norm"] == "bn") & on_fc1],
+            "the article's net (BN on its convolutions)": runs[(runs["norm"] == "bn") & ~on_fc1]}
+    arms = {name: bn for name, bn in arms.items() if bn["learning_rate"].nunique() >= 2}
+    judged = []
+    for name, bn in arms.items():
+        log_ratio, details, open_side = _rate_limits(bn, none, grid, classes)
+        judged.append((name, log_ratio, details, open_side,
+                       decide(log_ratio, MARGINS["C2"].judged)))
+    (setting, log_ratio, details, open_side, verdict), *others = judged
+    details.update({"setting": setting,
+                    "trains": f"not diverged or collapsed, test accuracy >= "
+                              f"{1 / classes + TRAINS_ABOVE_CHANCE:.0%}",
+                    "rates": grid, "batch_size": int(size),
+                    "other_settings": [
+                        {"setting": name, "verdict": v, "estimate": _as_ratio(e).jsonable(),
+                         **({"reason": why} if why else {}), **d}
+                        for name, e, d, why, v in others]})
+    effect = f"highest learning rate that trains: BN's ÷ no norm's ({setting}, batch {size})"
+    return Verdict("C2", verdict, effect, _as_ratio(log_ratio), details,
+                   pd.concat([none, *arms.values()]), reason=open_side)
 
 
 def _learning_rate_figure(verdict: Verdict, fig: Figure) -> None:
-    """Test accuracy against the learning rate, BN and no norm, divergences marked."""
+    """Test accuracy against the learning rate per arm (mean over seeds, 95% band),
+    divergences marked, the 'trains' line drawn."""
     ax, = _panels(fig, 1)
     runs = verdict.runs
-    analysis.plot_lr_sensitivity(runs[runs["norm"].isin(("bn", "none"))], ax=ax)
-    ax.set_title(_title(verdict))
+    on_fc1 = (runs["norm_fc1"].fillna(False).astype(bool) if "norm_fc1" in runs
+              else pd.Series(False, index=runs.index))
+    arm = np.where(runs["norm"] == "none", "none",
+                   np.where(on_fc1, "bn (every hidden layer)", "bn (convolutions)"))
+    analysis.plot_lr_sensitivity(runs.assign(arm=arm), hue="arm", ax=ax)
+    ax.axhline(0.1 + TRAINS_ABOVE_CHANCE, color="k", ls="--", lw=1)
+    ax.set_title(f"{_title(verdict)} (band: 95% over seeds; dashed: trains above it)",
+                 fontsize=9)
+
+
+def _generalization(at: pd.DataFrame) -> tuple[Estimate, dict[str, Any]]:
+    """BN's test accuracy minus no norm's per seed at one setting, and the details:
+    each norm's train-minus-test gap, with the train accuracy of the model evaluated
+    on its whole training set where the runs measured it (`final_train_accuracy`),
+    the running mean of the last training batches otherwise (it lags the weights)."""
+    size, rate = at["batch_size"].iloc[0], at["learning_rate"].iloc[0]
+    bn, none = at[at["norm"] == "bn"], at[at["norm"] == "none"]
+    evaluated = ("final_train_accuracy" in at
+                 and pd.to_numeric(at["final_train_accuracy"], errors="coerce").notna().all())
+    train = "final_train_accuracy" if evaluated else "train_accuracy"
+    estimate = paired([(1, _by_seed(bn, "test_accuracy")), (-1, _by_seed(none, "test_accuracy"))])
+    narrower = paired([(1, _by_seed(none, train)), (-1, _by_seed(none, "test_accuracy")),
+                       (-1, _by_seed(bn, train)), (1, _by_seed(bn, "test_accuracy"))])
+    details = {"batch_size": int(size), "learning_rate": float(rate),
+               "train_examples": (int(at["train_size"].iloc[0]) if "train_size" in at
+                                  and pd.notna(at["train_size"].iloc[0]) else None),
+               "train_accuracy": {
+                   "measured as": "the model on its whole training set at the end" if evaluated
+                   else "running mean of the last training batches (training mode)",
+                   **{n: float(np.nanmean(_values(g, train))) for n, g in (("bn", bn),
+                                                                            ("none", none))}},
+               "test_accuracy": {n: float(np.nanmean(_values(g, "test_accuracy")))
+                                 for n, g in (("bn", bn), ("none", none))},
+               "gap_none_minus_bn": narrower.jsonable()}
+    return estimate, details
 
 
 def generalization_rule(runs: pd.DataFrame) -> Verdict:
     """C3: BN generalizes better than no norm. Effect: test accuracy of BN minus no
-    norm at one setting (batch size and learning rate) both ran, per seed (paired),
-    judged against `MARGINS["C3"]`. The train-minus-test gaps' difference is reported
-    beside it in `details`, not judged."""
+    norm, per seed (paired), judged against `MARGINS["C3"]`; the train-minus-test
+    gaps' difference is reported beside it, not judged. Decided where the runs fit a
+    small training set (`generalization.py`: they measured `final_train_accuracy`,
+    the regime where a regularizer shows); the article's setting (the learning-rate
+    experiment: one epoch, nothing overfits) judged beside it in
+    `details["other_settings"]`. In each, one setting both norms ran: the one with
+    the most seeds of each, then the largest batch, then the smallest learning rate
+    (where both are likely to train)."""
     runs = runs[runs["status"] == "done"]
-    # One setting both norms ran: the one with the most seeds of each, then the
-    # largest batch, then the smallest learning rate (where both are likely to train).
     candidates = [g for g in _comparable(runs, ()) if {"bn", "none"} <= set(g["norm"])]
     if not candidates:
         return _not_measured("C3", "needs finished bn and none runs, all else equal")
@@ -441,28 +506,41 @@ def generalization_rule(runs: pd.DataFrame) -> Verdict:
         seeds = min((group["norm"] == n).sum() for n in ("bn", "none"))
         return seeds, group["batch_size"].iloc[0], -group["learning_rate"].iloc[0]
 
-    at = max(candidates, key=preference)
-    size, rate = at["batch_size"].iloc[0], at["learning_rate"].iloc[0]
-    bn, none = at[at["norm"] == "bn"], at[at["norm"] == "none"]
-    estimate = paired([(1, _by_seed(bn, "test_accuracy")), (-1, _by_seed(none, "test_accuracy"))])
-    narrower = paired([(1, _by_seed(none, "train_accuracy")), (-1, _by_seed(none, "test_accuracy")),
-                       (-1, _by_seed(bn, "train_accuracy")), (1, _by_seed(bn, "test_accuracy"))])
-    details = {"batch_size": int(size), "learning_rate": float(rate),
-               "gap_none_minus_bn": narrower.jsonable()}
-    effect = f"test accuracy, BN minus no norm (batch {size}, lr {rate:g})"
-    # Judged on the test accuracy alone: what "better generalization" promises. The
-    # gap is reported beside it, not as a second condition that could only block
-    # SUPPORTED (and never give NOT SUPPORTED).
-    verdict = decide(estimate, MARGINS["C3"].judged)
+    def fitted(group):
+        return ("final_train_accuracy" in group and
+                pd.to_numeric(group["final_train_accuracy"], errors="coerce").notna().all())
+
+    settings = {}
+    for name, regime in (("a small training set fitted", True),
+                         ("one epoch (the article's setting)", False)):
+        mine = [g for g in candidates if fitted(g) == regime]
+        if mine:
+            settings[name] = max(mine, key=preference)
+    judged = []
+    for name, at in settings.items():
+        estimate, details = _generalization(at)
+        judged.append((name, at, estimate, details, decide(estimate, MARGINS["C3"].judged)))
+    (setting, at, estimate, details, verdict), *others = judged
+    details = {"setting": setting, **details, "other_settings": [
+        {"setting": name, "verdict": v, "estimate": e.jsonable(), **d}
+        for name, _, e, d, v in others]}
+    effect = (f"test accuracy, BN minus no norm ({setting}: batch {details['batch_size']}, "
+              f"lr {details['learning_rate']:g})")
     return Verdict("C3", verdict, effect, estimate, details, at)
 
 
 def _generalization_figure(verdict: Verdict, fig: Figure) -> None:
-    """Train and test accuracy of the compared setting, per norm."""
+    """Train and test accuracy of the compared setting, per norm (mean, 95% interval
+    over seeds)."""
     ax, = _panels(fig, 1)
-    analysis.plot_errorbars(verdict.runs, "norm", ("train_accuracy", "test_accuracy"),
-                            ("train (last log)", "test"), ax=ax)
-    ax.set_title(_title(verdict))
+    runs = verdict.runs
+    train = ("final_train_accuracy" if "final_train_accuracy" in runs
+             and runs["final_train_accuracy"].notna().all() else "train_accuracy")
+    analysis.plot_errorbars(runs, "norm", (train, "test_accuracy"),
+                            ("train (whole set, at the end)" if train != "train_accuracy"
+                             else "train (last batches)", "test"), ax=ax)
+    ax.set_title(f"{_title(verdict)}: {verdict.details['setting']} (95% over seeds)",
+                 fontsize=9)
 
 
 def _gradient_spread(run_path: str) -> float:
@@ -1037,7 +1115,7 @@ CLAIMS: tuple[Claim, ...] = (
           "BN paper: without BN the 5× learning rate diverged",
           figure=_learning_rate_figure, margin=MARGINS["C2"]),
     Claim("C3", "regularize", "BN regularizes: better generalization",
-          ("learning_rate",), generalization_rule,
+          ("generalization", "learning_rate"), generalization_rule,
           figure=_generalization_figure, margin=MARGINS["C3"]),
     Claim("C4", "gradients", "BN relieves vanishing and exploding gradients",
           ("gradient_flow",), gradient_rule,
@@ -1104,16 +1182,17 @@ def _seeds(seeds: list[int]) -> str:
 
 
 def replicated(claim: Claim, per_set: list[Verdict], pooled: Verdict,
-               sets: list[list[int]]) -> Verdict:
+               sets: list[str]) -> Verdict:
     """A claim judged on each disjoint seed set alone: the verdict stands where every
     set says the same, and is INCONCLUSIVE otherwise (a verdict one set gives and
     another does not is not one a rerun would keep). The estimate, details and
     figure are the pooled ones (every set's seeds together); each set's verdict,
-    estimate, half-width and what decided it are in `details["replicates"]`."""
+    estimate, half-width and what decided it are in `details["replicates"]`. `sets`
+    names each set (its seeds, in words)."""
     if pooled.verdict == NOT_MEASURED:
         return pooled
     verdicts = [v.verdict for v in per_set]
-    entries = [{"verdict": v.verdict, "seeds": _seeds(seeds),
+    entries = [{"verdict": v.verdict, "seeds": seeds,
                 "estimate": v.estimate.jsonable() if v.estimate else None,
                 **{k: claim.summary(v)[k] for k in ("half_width", "half_width_that_decides")
                    if k in claim.summary(v)},
@@ -1121,35 +1200,55 @@ def replicated(claim: Claim, per_set: list[Verdict], pooled: Verdict,
                for seeds, v in zip(sets, per_set, strict=True)]
     out = dataclasses.replace(pooled, details={**pooled.details, "replicates": entries})
     out.verdict, out.reason = _agreed(verdicts, sets, per_set[0].reason)
-    # C5 judges each further model alone too: replicated the same way, by model.
+    # A rule that judges further settings alone (C5's models, C2's BN on fc1 too):
+    # each replicated the same way, by setting.
     others = []
-    for other in pooled.details.get("other_models", []):
-        mine = [next((o for o in v.details.get("other_models", [])
-                      if o.get("model") == other.get("model")), None) for v in per_set]
+    for other in pooled.details.get("other_settings", []):
+        mine = [next((o for o in v.details.get("other_settings", [])
+                      if o["setting"] == other["setting"]), None) for v in per_set]
         verdict, reason = _agreed([o["verdict"] if o else NOT_MEASURED for o in mine], sets)
         others.append({**other, "verdict": verdict, **({"reason": reason} if reason else {}),
                        "replicates": [{"verdict": o["verdict"] if o else NOT_MEASURED,
-                                       "seeds": _seeds(seeds)}
+                                       "seeds": seeds}
                                       for seeds, o in zip(sets, mine, strict=True)]})
     if others:
-        out.details["other_models"] = others
+        out.details["other_settings"] = others
     return out
 
 
-def _agreed(verdicts: list[str], sets: list[list[int]], reason: str = "") -> tuple[str, str]:
+def _agreed(verdicts: list[str], sets: list[str], reason: str = "") -> tuple[str, str]:
     """The verdict every seed set gave (and `reason`), or INCONCLUSIVE and why."""
     if len(set(verdicts)) == 1:
         return verdicts[0], reason
     return INCONCLUSIVE, "it did not replicate: " + ", ".join(
-        f"{_seeds(seeds)} say {v}" for seeds, v in zip(sets, verdicts, strict=True))
+        f"{seeds} say {v}" for seeds, v in zip(sets, verdicts, strict=True))
+
+
+def _replicate_of(runs: pd.DataFrame,
+                  seed_sets: dict[str, list[list[int]]] | list[list[int]]) -> pd.Series:
+    """Each run's seed set (0, 1, …; NaN for a seed in none): `seed_sets` per
+    experiment (a run's `sweep`), or one list of sets for every run."""
+    def index(sets, seed):
+        return next((r for r, one in enumerate(sets) if seed in one), math.nan)
+
+    seeds = pd.to_numeric(runs["seed"], errors="coerce")
+    if isinstance(seed_sets, dict):
+        sweeps = runs["sweep"] if "sweep" in runs else pd.Series(None, index=runs.index)
+        return pd.Series([index(seed_sets.get(str(sweep), []), seed)
+                          for sweep, seed in zip(sweeps, seeds, strict=True)], index=runs.index)
+    return seeds.map(lambda seed: index(seed_sets, seed))
 
 
 def evaluate(runs: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS,
-             seed_sets: list[list[int]] | None = None) -> list[Verdict]:
+             seed_sets: dict[str, list[list[int]]] | list[list[int]] | None = None
+             ) -> list[Verdict]:
     """A verdict per claim from the runs (one `analysis.load_runs` frame); with
-    `seed_sets` (a reproduction's: two disjoint sets or more), each claim judged on
-    each set alone (`replicated`), the runs of other seeds left out."""
-    replicate = bool(seed_sets and len(seed_sets) >= 2 and "seed" in runs)
+    `seed_sets` (a reproduction's: {experiment: two disjoint sets or more}, or one
+    list for all), each claim judged on each set alone (`replicated`), the runs of
+    other seeds left out."""
+    count = (max((len(v) for v in seed_sets.values()), default=0)
+             if isinstance(seed_sets, dict) else len(seed_sets or []))
+    replicate = count >= 2 and "seed" in runs
     out = []
     for claim in claims:
         if claim.rule is None:
@@ -1159,8 +1258,10 @@ def evaluate(runs: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS,
         if not replicate or not claim.experiments:  # C7 is computed: no seeds
             out.append(claim.rule(mine))
             continue
-        seeds = pd.to_numeric(mine["seed"], errors="coerce")
-        every = [s for seeds_of_set in seed_sets for s in seeds_of_set]
-        per_set = [claim.rule(mine[seeds.isin(one)]) for one in seed_sets]
-        out.append(replicated(claim, per_set, claim.rule(mine[seeds.isin(every)]), seed_sets))
+        which = _replicate_of(mine, seed_sets)
+        parts = [mine[which == r] for r in range(count)]
+        names = [_seeds(list(pd.to_numeric(part["seed"]).astype(int).unique()))
+                 if len(part) else f"seed set {r + 1}" for r, part in enumerate(parts)]
+        per_set = [claim.rule(part) for part in parts]
+        out.append(replicated(claim, per_set, claim.rule(mine[which.notna()]), names))
     return out

@@ -203,10 +203,9 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
               "beyond the claim's margin on the side the claim predicts (above it; below "
               "it for a margin written \"below\"), NOT SUPPORTED when it lies on the "
               "other side, INCONCLUSIVE otherwise; each claim's section says what was "
-              "compared." + (f" Each claim is judged on {len(seed_sets)} disjoint seed "
-                             "sets alone, and a verdict stands only where every set gives "
-                             "it; the estimate is all seeds' together." if seed_sets and
-                             len(seed_sets) > 1 else ""), "",
+              "compared." + (" Each claim is judged on two disjoint seed sets alone, "
+                             "and a verdict stands only where both give it; the estimate is "
+                             "all seeds' together." if seed_sets else ""), "",
               "| claim | verdict | effect | estimate [95% interval] | each seed set | "
               "margin | the article says |", "|---|---|---|---|---|---|---|"]
     sections, figures = [], {}
@@ -216,9 +215,10 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
         if drawn:
             figures[figure] = drawn
         effect, estimate = verdict.effect, _format(verdict.estimate)
-        for other in verdict.details.get("other_models", []):  # C5 on each model it ran
-            effect += f"; {other['model']}: {other['verdict']}"
-            estimate += f"; {other['model']}: {_format(Estimate(**other['estimate']))}"
+        # Further settings a rule judged alone (C5's models, C2's BN on fc1 too).
+        for other in verdict.details.get("other_settings", []):
+            effect += f"; {other['setting']}: {other['verdict']}"
+            estimate += f"; {other['setting']}: {_format(Estimate(**other['estimate']))}"
         margin = str(claim.margin) if claim.margin else "definition check"
         each = "; ".join(f"{one['seeds']}: {one['verdict']}"
                          + (f" {_format(Estimate(**one['estimate']))}" if one["estimate"]

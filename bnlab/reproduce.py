@@ -38,26 +38,41 @@ def experiments_for(claims: tuple[claims_lib.Claim, ...]) -> list[str]:
 REPLICATES = 2
 
 
-def seed_sets(scale: str, seed_offset: int = 0,
+def seed_sets(count: int, seed_offset: int = 0,
               replicates: int = REPLICATES) -> list[list[int]]:
-    """The disjoint seed sets of a reproduction: the scale's seeds (`sweep.SEEDS`,
-    0 … n-1) shifted by `seed_offset`, then by n for each further set. A seed also
-    sets the data order, so each set trains on its own orders."""
-    base = list(sweep.at_scale(sweep.SEEDS, scale))
-    return [[seed_offset + r * len(base) + s for s in base] for r in range(replicates)]
+    """The disjoint seed sets of an experiment with `count` seeds (0 … count-1 in its
+    grid): those shifted by `seed_offset`, then by `count` for each further set. A
+    seed also sets the data order, so each set trains on its own orders."""
+    return [[seed_offset + r * count + s for s in range(count)] for r in range(replicates)]
 
 
-def _with_seed_sets(grid: list[dict[str, Any]], scale: str,
-                    sets: list[list[int]]) -> list[dict[str, Any]]:
-    """The experiment's grid once per seed set: the scale's i-th seed becomes set r's
-    i-th seed (a point with another seed, or none, stays as it is, once)."""
-    base = list(sweep.at_scale(sweep.SEEDS, scale))
+def _seed_count(name: str, grid: list[dict[str, Any]]) -> int:
+    """How many seeds an experiment's grid has: they must be 0 … n-1 (`sweep.seeds`)."""
+    seeds = sorted({point["seed"] for point in grid if "seed" in point})
+    if seeds != list(range(len(seeds))):
+        raise ValueError(f"experiments/{name}.py: its seeds must be 0 ... n-1 "
+                         f"(sweep.seeds), not {seeds}")
+    return len(seeds)
+
+
+def _with_seed_sets(grid: list[dict[str, Any]], sets: list[list[int]]) -> list[dict[str, Any]]:
+    """The experiment's grid once per seed set: its seed i becomes set r's i-th."""
     out = []
     for seeds in sets:
-        to_set = dict(zip(base, seeds, strict=True))
-        out += [{**point, "seed": to_set[point["seed"]]} if point.get("seed") in to_set
-                else point for point in grid]
-    return list({repr(sorted(p.items())): p for p in out}.values())
+        out += [{**point, "seed": seeds[point["seed"]]} if "seed" in point else point
+                for point in grid]
+    return list({repr(sorted(p.items())): p for p in out}.values())  # unseeded: once
+
+
+def planned_seed_sets(scale: str, claims: tuple[claims_lib.Claim, ...],
+                      seed_offset: int = 0) -> dict[str, list[list[int]]]:
+    """{experiment: its seed sets} of a reproduction: each experiment has its own
+    number of seeds (sized by a pilot, `sweep.seeds`), so its own sets."""
+    out = {}
+    for name in experiments_for(claims):
+        module = sweep.load_sweep_file(EXPERIMENTS_DIR / f"{name}.py")
+        out[name] = seed_sets(_seed_count(name, module.get_sweep(scale)), seed_offset)
+    return out
 
 
 def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
@@ -65,9 +80,8 @@ def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
          workdir: str | Path | None = None, seed_offset: int = 0) -> dict[str, list[sweep.Run]]:
     """Every run of every experiment the claims need, validated, before anything is
     written: {experiment: runs}, each experiment's grid once per seed set
-    (`seed_sets`). `overrides` apply to every run (e.g. the dataset); with
+    (`planned_seed_sets`). `overrides` apply to every run (e.g. the dataset); with
     `workdir`, runs already there keep their names (`sweep.plan`)."""
-    sets = seed_sets(scale, seed_offset)
     planned = {}
     for name in experiments_for(claims):
         module = sweep.load_sweep_file(EXPERIMENTS_DIR / f"{name}.py")
@@ -78,8 +92,9 @@ def plan(scale: str, claims: tuple[claims_lib.Claim, ...],
         if len(mine) < len(overrides or {}):
             print(f"{name}: keeps its own {', '.join(sorted(fixed & set(overrides or {})))}",
                   flush=True)
-        planned[name] = sweep.plan(module.get_config(scale),
-                                   _with_seed_sets(module.get_sweep(scale), scale, sets), mine,
+        grid = module.get_sweep(scale)
+        sets = seed_sets(_seed_count(name, grid), seed_offset)
+        planned[name] = sweep.plan(module.get_config(scale), _with_seed_sets(grid, sets), mine,
                                    Path(workdir) / name if workdir else None)
     return planned
 
@@ -100,8 +115,10 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     about = tracking_dir.read_reproduce() or {"launches": []}
     # The report judges these sets, and only these (runs of another offset in the same
     # directory are left out of it).
-    about.update(scale=scale, overrides=overrides or {}, seed_offset=seed_offset,
-                 seed_sets=seed_sets(scale, seed_offset))
+    about.update(scale=scale, overrides=overrides or {}, seed_offset=seed_offset)
+    if not isinstance(about.get("seed_sets"), dict):
+        about["seed_sets"] = {}
+    about["seed_sets"].update(planned_seed_sets(scale, claims, seed_offset))
     # What ran it: commit, versions, devices and host (each run has its own env.json).
     about["environment"] = {k: v for k, v in tracking.environment().items() if k != "argv"}
     unfinished: list[str] = []

@@ -88,8 +88,12 @@ def scaled_default(sizes: dict[str, dict[str, Any]], scale: str) -> ml_collectio
     return config
 
 
-def seeds(scale: str) -> list[dict[str, Any]]:
-    """The seed axis of an experiment at `scale` (`SEEDS`)."""
+def seeds(scale: str, counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The seed axis of an experiment at `scale`: `SEEDS`, or 0 … n-1 for the n that
+    `counts` gives the scale (an experiment sized by a pilot, where its effect's
+    spread over seeds needs more of them to decide)."""
+    if counts and scale in counts:
+        return axis("seed", range(counts[scale]))
     return axis("seed", at_scale(SEEDS, scale))
 
 

@@ -202,7 +202,8 @@ def _summary(config, train_examples: int, steps_done: int, diverged_step: int | 
     timed_steps = steps_done - start_step - timing["first_call_steps"]
     train_s = timing["wall"] - timing["first_step_s"] - timing["eval_s"]
     extra_evals = {k: v for k, v in last.items()
-                   if k.endswith(("_precise_bn", "_batch_stats", "_padded"))}
+                   if k.endswith(("_precise_bn", "_batch_stats", "_padded"))
+                   or k.startswith("final_train_")}
     return {
         "step": steps_done,
         "epochs": steps_done * config.batch_size / train_examples,
@@ -629,12 +630,14 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
         if hosts[i]["diverged_step"] >= 0:
             m.diverged_step = int(hosts[i]["diverged_step"]) + 1  # steps count from 1
             program.end(i)
-    tests = None
+    tests = trains = None
     if (is_last or (eval_every and step % eval_every == 0)) and any(
             members[i].diverged_step is None for i in live):
         with chrono.evaluating():
             tests = program.evaluate(run.test_set if is_last else _curve_set(run),
                                      config.eval_batch_size)
+            if is_last and config.get("eval_train_set"):
+                trains = program.evaluate(run.train_set, config.eval_batch_size)
     for i in live:
         m = members[i]
         learning_rate = m.run.config.learning_rate * float(factor(step - 1))
@@ -653,6 +656,9 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
             if tests is not None:
                 row.update(test_loss=tests[i]["loss"], test_accuracy=tests[i]["accuracy"])
                 m.reached(step, tests[i]["accuracy"], config.target_accuracy)
+            if trains is not None:
+                row.update(final_train_loss=trains[i]["loss"],
+                           final_train_accuracy=trains[i]["accuracy"])
             if is_last:
                 state = program.member_state(i)
                 row.update(probes.final_bn_evaluations(m.run.config, program.steps,

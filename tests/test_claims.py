@@ -19,12 +19,14 @@ def _write_runs(folder, rows):
         run_dir = folder / "runs" / f"run-{i:03d}"
         run_dir.mkdir(parents=True)
         config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model",
-                                      "norm_placement", "mask_padding") if k in row}
+                                      "norm_placement", "mask_padding", "train_size",
+                                      "norm_fc1") if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
         tracking.write_json_atomic(run_dir / "status.json", {"status": status})
         summary = {"status": status, "test_accuracy": row.get("test_accuracy"),
-                   "train_accuracy": row.get("train_accuracy", row.get("test_accuracy"))}
+                   "train_accuracy": row.get("train_accuracy", row.get("test_accuracy")),
+                   **{k: row[k] for k in ("final_train_accuracy",) if k in row}}
         tracking.write_json_atomic(run_dir / "summary.json", summary)
     return analysis.load_runs(folder)
 
@@ -172,6 +174,43 @@ def test_generalization_verdicts(tmp_path, bn_accuracy, verdict):
     assert result.verdict == verdict, result
     # The gap is reported, not judged: no norm's is 8 points wider.
     assert result.details["gap_none_minus_bn"]["value"] == pytest.approx(0.08)
+
+
+def test_generalization_is_decided_where_a_small_training_set_is_fitted(tmp_path):
+    """Issue 19: at one epoch nothing overfits, so regularization cannot show. C3 is
+    decided on runs that fit a small training set (they measured final_train_accuracy:
+    100% here, both norms, and the same test accuracy: NOT SUPPORTED); the one-epoch
+    runs, where BN is 5 points ahead, are judged beside it."""
+    fitted = _grid(lambda n, b, r, s: 0.83 + NOISE[s], ("bn", "none"))
+    for row in fitted:
+        row.update(train_size=1024, final_train_accuracy=1.0)
+    epoch = _grid(lambda n, b, r, s: (0.85 if n == "bn" else 0.80) + NOISE[s], ("bn", "none"))
+    result = claims.generalization_rule(_write_runs(tmp_path, fitted + epoch))
+    assert result.details["setting"] == "a small training set fitted"
+    assert result.verdict == claims.NOT_SUPPORTED, result
+    assert result.details["train_accuracy"]["measured as"].startswith("the model on its whole")
+    assert result.details["gap_none_minus_bn"]["value"] == pytest.approx(0.0, abs=1e-12)
+    other, = result.details["other_settings"]
+    assert other["setting"] == "one epoch (the article's setting)"
+    assert other["verdict"] == claims.SUPPORTED
+    assert other["estimate"]["value"] == pytest.approx(0.05)
+
+
+def test_learning_rate_decides_on_bn_in_every_hidden_layer_beside_the_articles_net(tmp_path):
+    """C2 with BN on fc1 too (norm_fc1) decides; the article's net (fc1 without a
+    norm, where fc1's limit bounds the net's) is judged beside it."""
+    rows = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn", "none"), rates=COARSE,
+                 diverged={("none", 0.3), ("none", 1.0), ("bn", 0.3), ("bn", 1.0)})
+    every = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn",), rates=COARSE)
+    for row in every:
+        row["norm_fc1"] = True
+    result = claims.learning_rate_rule(_write_runs(tmp_path, rows + every))
+    assert result.details["setting"] == "BN on every hidden layer"
+    assert result.details["highest_training_rate"]["bn"] == {"0": 1.0, "1": 1.0, "2": 1.0}
+    assert result.verdict == claims.SUPPORTED  # at least 1.0 / 0.3 in every seed
+    other, = result.details["other_settings"]
+    assert other["setting"].startswith("the article's net")
+    assert other["verdict"] == claims.INCONCLUSIVE  # both up to 0.1: within a ×3 step
 
 
 def test_claims_without_their_runs_are_not_measured(tmp_path):

@@ -157,10 +157,30 @@ def test_a_config_reaches_the_model_and_its_norm_as_their_options(small_config):
     assert models.options(config) == {"norm_placement": "before_activation",
                                       "mask_padding": True}
     config.model = "simple_cnn"
-    assert models.options(config) == {"norm_placement": "before_activation"}
+    assert models.options(config) == {"norm_placement": "before_activation", "norm_fc1": False}
     config.update(model="plain_cnn", depth=2)
     with pytest.raises(ConfigError, match=r"depth=2: must be an integer >= 3 \(plain_cnn's"):
         models.options(config)
     config.update(model="simple_cnn")  # another model's bad field: still refused
     with pytest.raises(ConfigError, match="depth=2"):
         models.options(config)
+
+
+def test_norm_fc1_normalizes_simple_cnns_fc1_as_the_formula_says():
+    """norm_fc1: fc1's output batch-normalized (per feature over the batch) before its
+    ReLU; the logits against that computed by hand in NumPy from fc1's output."""
+    x = jax.random.normal(jax.random.key(1), (8, 12, 12, 1))
+    model = models.make("simple_cnn", norm="bn", norm_fc1=True)
+    variables = model.init(jax.random.key(0), x, train=True)
+    assert variables["params"]["norm_fc1"]["BatchNorm_0"]["scale"].shape == (128,)
+    logits, state = model.apply(variables, x, train=True,
+                                mutable=["batch_stats", "intermediates"],
+                                capture_intermediates=lambda module, _: module.name == "fc1")
+    fc1 = np.asarray(state["intermediates"]["fc1"]["__call__"][0], np.float64)
+    normalized = (fc1 - fc1.mean(0)) / np.sqrt(fc1.var(0) + 1e-5)
+    fc2 = variables["params"]["fc2"]
+    expected = np.maximum(normalized, 0) @ np.asarray(fc2["kernel"]) + np.asarray(fc2["bias"])
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4)
+    # Without it (the article's net), fc1 has no norm.
+    plain = models.make("simple_cnn", norm="bn").init(jax.random.key(0), x, train=True)
+    assert "norm_fc1" not in plain["params"]

@@ -318,3 +318,29 @@ def test_curve_evaluations_use_the_first_curve_test_size_examples(small_config, 
     assert both[5]["test_accuracy"] != whole[5]["test_accuracy"]  # really another test set
     assert both[10]["test_accuracy"] == whole[10]["test_accuracy"]
     assert both[10]["test_loss"] == whole[10]["test_loss"]
+
+
+def test_eval_train_set_scores_the_model_on_its_whole_training_set(small_config, tmp_path):
+    """final_train_accuracy/loss: the model evaluated on every training example at the
+    end. With a learning rate of 1e-12 (and no norm, so nothing else moves) the model
+    is its initialization to float32's precision, scored here by hand in NumPy on the
+    same examples."""
+    small_config.update(norm="none", learning_rate=1e-12, momentum=0.0, num_steps=3,
+                        train_size=300, eval_train_set=True)
+    summary = train.train_and_evaluate(small_config, str(tmp_path / "run"))
+    run = train.prepare(small_config)
+    variables = run.model.init(jax.random.key(small_config.seed),
+                               jnp.zeros((small_config.batch_size,) + run.train_set.image_shape),
+                               train=True)
+    logits = np.asarray(run.model.apply(variables, jnp.asarray(run.train_set.images),
+                                        train=False), np.float64)
+    labels = run.train_set.labels
+    log_softmax = logits - logits.max(1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+    assert summary["final_train_accuracy"] == np.mean(logits.argmax(1) == labels)
+    assert summary["final_train_loss"] == pytest.approx(
+        -log_softmax[np.arange(len(labels)), labels].mean(), rel=1e-5)
+    # Not evaluated unless asked: the summary of a run without it has neither.
+    small_config.eval_train_set = False
+    assert "final_train_accuracy" not in train.train_and_evaluate(small_config,
+                                                                  str(tmp_path / "plain"))
