@@ -549,9 +549,9 @@ def reproduce_command(argv: list[str]) -> int:
                              "CPU with 2 cores or more, 1 on an accelerator)", lower_bound=1,
                              flag_values=flag_values)
         flags.DEFINE_integer("seed_offset", 0, "the first seed: each claim is judged on "
-                             "two disjoint seed sets from it (quick: 3 seeds each, 0-2 and "
-                             "3-5 by default); another offset gives an independent "
-                             "replication", lower_bound=0, flag_values=flag_values)
+                             "two disjoint seed sets from it (an experiment with 3 seeds a "
+                             "set: 0-2 and 3-5 by default); another offset gives an "
+                             "independent replication", lower_bound=0, flag_values=flag_values)
 
     config, overrides, flag_values = _parse_config_flags(argv, DEFAULT_CONFIG, define)
     if not flag_values.workdir:
