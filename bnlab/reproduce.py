@@ -58,9 +58,9 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     """Runs the experiments of `claims` (skipping finished runs) and writes the report
     of every claim the runs in `workdir` can judge; returns the verdicts."""
     workdir = Path(workdir)
+    if jobs > 1:  # as `sweep`: before planning, which may start JAX
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     planned = plan(scale, claims, overrides, workdir)
-    if jobs > 1:
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as `sweep`
     sweep.check([run for runs in planned.values() for run in runs])
     start = time.perf_counter()
     tracking_dir = tracking.SweepDir(workdir)
