@@ -119,11 +119,37 @@ def _comparable(runs: pd.DataFrame, free: tuple[str, ...]) -> list[pd.DataFrame]
               and f not in ("norm", "seed", *free)]
     if not fields:
         return [runs]
-    # repr: NaN, None and tuples all become plain, comparable text.
-    keys = pd.Series(["|".join(map(repr, row)) for row in runs[fields].itertuples(index=False)],
+    settings = _settings(runs, fields)
+    keys = pd.Series(["|".join(row) for row in settings.itertuples(index=False)],
                      index=runs.index)
     groups = [group for _, group in runs.groupby(keys, sort=False)]
     return sorted(groups, key=len, reverse=True)
+
+
+def _settings(runs: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
+    """The runs' `fields` as comparable text (repr: NaN, None and tuples all become
+    plain text), a field a run's norm and model do not read (`config.unread_fields`)
+    as the one value the runs that read it share, if they share one. Such a value
+    changes nothing the run computes, and a run planned with another one reuses the
+    run's directory (its id leaves the field out): a GN run groups with the BN runs
+    whatever its config.json says of BN's fields, or lacks (a run of an older
+    bnlab), and a BN run with the GN runs whatever its num_groups."""
+    from bnlab.config import defaults, unread_fields
+
+    table = pd.DataFrame([[repr(v) for v in row] for row in runs[fields].itertuples(index=False)],
+                         index=runs.index, columns=fields)  # (DataFrame.map: pandas 2.1)
+    base = defaults()
+    norms = runs["norm"] if "norm" in runs else pd.Series(base["norm"], index=runs.index)
+    models = runs["model"] if "model" in runs else pd.Series(base["model"], index=runs.index)
+    unread = [unread_fields(norm, model) for norm, model in zip(norms, models, strict=True)]
+    for field in fields:
+        skips = np.array([field in names for names in unread], dtype=bool)
+        if not skips.any():
+            continue
+        read = set(table.loc[~skips, field])
+        if len(read) <= 1:  # none reads it (then it is nobody's), or all alike
+            table.loc[skips, field] = read.pop() if read else "unread"
+    return table
 
 
 def _panels(fig: Figure, count: int) -> np.ndarray:

@@ -45,6 +45,8 @@ commands:
 `python -m bnlab COMMAND --help` lists a command's flags (and, for train, sweep
 and reproduce, every config field with its value and the config file's comment)."""
 HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
+# JAX's GPU client takes 75% of the GPU's memory when it starts unless this is false.
+PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
 
 
 class UsageError(Exception):
@@ -282,6 +284,15 @@ def sweep_command(argv: list[str]) -> int:
     from bnlab import config as config_lib
     from bnlab import sweep, tracking, train
 
+    # JAX reads this when it first looks for its devices, which planning may do (a
+    # sharded run's devices are in its name): set before anything touches JAX. Local
+    # workers share this machine's GPU with this process, which checks their runs:
+    # each takes memory as it needs it (the workers inherit the setting). A Slurm
+    # sweep checks its runs on a login node, which others share: there too, but the
+    # setting is taken back before the jobs, which inherit this environment, start.
+    preallocate_before = os.environ.get(PREALLOCATE)
+    if flag_values.jobs > 1 or flag_values.executor == "slurm":
+        os.environ.setdefault(PREALLOCATE, "false")
     if flag_values.only:
         try:
             re.compile(flag_values.only)
@@ -308,13 +319,9 @@ def sweep_command(argv: list[str]) -> int:
     if not flag_values.workdir:
         raise UsageError("--workdir is required: the tracking directory of the sweep")
     workdir = Path(flag_values.workdir)
-    if flag_values.executor == "local":
-        # Workers share this machine's data and devices, so their checks hold here; a
-        # parent that checks allocates GPU memory only as it needs it (its workers
-        # need the rest).
-        if flag_values.jobs > 1:
-            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        sweep.check(runs)
+    # Local workers share this machine's data and devices, so all of their checks
+    # hold here; Slurm's train on other nodes, whose devices this one may not have.
+    sweep.check(runs, devices=flag_values.executor == "local")
     finished = sum(tracking.SweepDir(workdir).run(r.run_id).finished() for r in runs)
     launch = sweep.write_plan(workdir, runs, {
         "sweep_file": str(sweep_file.resolve()),
@@ -332,6 +339,8 @@ def sweep_command(argv: list[str]) -> int:
         print("--pack: packing is slower than one run after another on a CPU backend "
               "(`bnlab bench pack`); running the runs one by one (--pack_on_cpu forces it)")
     if flag_values.executor == "slurm":
+        if preallocate_before is None:
+            os.environ.pop(PREALLOCATE, None)  # the jobs' environment, as it was
         compiles = sweep.run_slurm(workdir, launch, flag_values.jobs, {
             "partition": flag_values.slurm_partition, "time_min": flag_values.slurm_time_min,
             "gpus": flag_values.slurm_gpus, "cpus": flag_values.slurm_cpus,
@@ -563,14 +572,16 @@ def reproduce_command(argv: list[str]) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     override_values = {key: config[key] for key in overrides}
-    # Bad input: before writing.
-    reproduce.plan(flag_values.scale, selected, override_values, None, flag_values.seed_offset)
     jobs = flag_values.jobs
     if jobs is None:
         # Asked of the device files, not of JAX: a process that started JAX's threads
         # should not fork the workers.
         accelerator = Path("/dev/nvidia0").exists() or any(Path("/dev").glob("accel*"))
         jobs = 1 if accelerator else min(2, os.cpu_count() or 1)
+    if jobs > 1:  # as `sweep`: before planning, which may start JAX
+        os.environ.setdefault(PREALLOCATE, "false")
+    # Bad input: before writing.
+    reproduce.plan(flag_values.scale, selected, override_values, None, flag_values.seed_offset)
     _enable_compilation_cache()
     start = time.perf_counter()
     verdicts = reproduce.reproduce(flag_values.workdir, flag_values.scale, selected, jobs,

@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from bnlab.tracking import jsonable  # stdlib only: no JAX, and no import of this module
+
 CPU_FUSIONS = ("auto", "xla", "ynnpack")  # see bnlab/fast/xla_cpu.py
 
 
@@ -215,26 +217,58 @@ def defaults() -> dict[str, Any]:
     return identity(load_config_file(DEFAULT_CONFIG_FILE))
 
 
-def canonical(flat: dict[str, Any]) -> dict[str, Any]:
-    """The identity fields of a flat config (`identity`, or a config.json) that differ
-    from the defaults, numbers as the default's type (an int learning rate is a
-    float). What a run id hashes: a field added to bnlab with its default, or an
-    override that sets a default, leaves a run's id as it was."""
-    flat = {k: v for k, v in flat.items() if k not in LAUNCH_FIELDS}
+def unread_fields(norm: str, model: str) -> set[str]:
+    """The norm and model fields (those some norm layer or model reads: their
+    `CONFIG`) that this run's norm and model do not read, so that no value of them
+    changes what it computes: BN's fields in a GN run, plain_cnn's depth in a
+    SimpleCNN. From the registries themselves, so it cannot drift from what reads
+    what; a name that is not in them (a damaged config.json) leaves nothing out."""
+    from bnlab import models, norms  # the registries (they import JAX)
+
+    if not (isinstance(norm, str) and isinstance(model, str)) \
+            or norm not in norms.LAYERS or model not in models.MODELS:
+        return set()
+    every = {field for name in norms.LAYERS for field in norms.fields(name)}
+    every |= {field for name in models.MODELS for field in models.fields(name)}
+    return every - norms.fields(norm) - models.fields(model)
+
+
+def normalized(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat config (`identity`, or a config.json) as what its run computes: JSON's
+    values (numpy scalars as Python's, tuples as lists: a config built with numpy
+    is the run its config.json holds), launch fields and the fields its norm and
+    model do not read (`unread_fields`) left out, a field it lacks as
+    `ABSENT_MEANS` says, numbers as the default's type (an int learning rate is a
+    float)."""
+    flat = {k: jsonable(v) for k, v in flat.items() if k not in LAUNCH_FIELDS}
     for field, value in ABSENT_MEANS.items():
         flat.setdefault(field, value)
     base = defaults()
-    differing = {}
+    unread = unread_fields(flat.get("norm", base["norm"]), flat.get("model", base["model"]))
+    out = {}
     for key, value in flat.items():
+        if key in unread:
+            continue
         if key in base and isinstance(base[key], float) and isinstance(value, int) \
                 and not isinstance(value, bool):
             value = float(value)
-        if key not in base or not _same(value, base[key]):
-            differing[key] = list(value) if isinstance(value, tuple) else value
-    return differing
+        out[key] = value
+    return out
+
+
+def canonical(flat: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `normalized(flat)` that differ from the defaults. What a run id
+    hashes: a field added to bnlab with its default, an override that sets a
+    default, or a field the run's norm or model does not read leaves a run's id as
+    it was."""
+    base = defaults()
+    return {key: value for key, value in normalized(flat).items()
+            if key not in base or not _same(value, base[key])}
 
 
 def _same(value: Any, default: Any) -> bool:
+    """`value` as JSON holds it (`normalized`): a tuple default is the list
+    config.json holds; True is not 1."""
     if isinstance(value, tuple | list) and isinstance(default, tuple | list):
         return list(value) == list(default)
     return type(value) is type(default) and value == default

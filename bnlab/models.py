@@ -316,6 +316,13 @@ def options(config: Any) -> dict[str, Any]:
     return {field: config[field] for field in MODELS[config.model].CONFIG}
 
 
+def fields(name: str) -> set[str]:
+    """The config fields the model `name` reads (its `CONFIG`): no other model's
+    field changes what a run of it computes (`config.canonical` leaves them out of
+    its identity)."""
+    return set(MODELS[name].CONFIG)
+
+
 def make(name: str, norm: str = "bn", num_classes: int = 10,
          norm_options: dict[str, Any] | None = None, dtype: str = "float32",
          ops: Ops | None = None, **options: Any) -> nn.Module:

@@ -308,6 +308,13 @@ def options(config: Any) -> dict[str, Any]:
             for option, field in layer.CONFIG.items()}
 
 
+def fields(name: str) -> set[str]:
+    """The config fields the norm layer `name` reads (its `CONFIG`): no other field
+    of the norms' changes what a run of it computes (`config.canonical` leaves them
+    out of its identity)."""
+    return set(LAYERS[name].CONFIG.values())
+
+
 def make(name: str, normalize: Normalize | None = None, **options: Any) -> nn.Module:
     """A normalization layer by name: 'bn', 'ln', 'in', 'gn' or 'none'.
 

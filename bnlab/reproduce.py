@@ -106,9 +106,9 @@ def reproduce(workdir: str | Path, scale: str, claims: tuple[claims_lib.Claim, .
     writes the report of every claim the runs in `workdir` can judge; returns the
     verdicts."""
     workdir = Path(workdir)
+    if jobs > 1:  # as `sweep`: before planning, which may start JAX
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     planned = plan(scale, claims, overrides, workdir, seed_offset)
-    if jobs > 1:
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as `sweep`
     sweep.check([run for runs in planned.values() for run in runs])
     start = time.perf_counter()
     tracking_dir = tracking.SweepDir(workdir)

@@ -134,7 +134,7 @@ def plan(base: ml_collections.ConfigDict, grid: list[dict[str, Any]],
             clash[0], overrides[clash[0]],
             f"the sweep's grid sets {clash[0]} ({', '.join(values)}); drop the override, "
             "or pick runs with --only")
-    existing = train.existing_runs(workdir) if workdir else {}
+    existing = train.existing_runs(workdir) if workdir else None
     runs, seen = [], set()
     for point in grid:
         config = ml_collections.ConfigDict(base.to_dict())
@@ -151,17 +151,22 @@ def plan(base: ml_collections.ConfigDict, grid: list[dict[str, Any]],
     return runs
 
 
-def check(runs: list[Run]) -> None:
+def check(runs: list[Run], devices: bool = True) -> None:
     """What `train.prepare` checks (the data, every layer's shapes, the devices),
     once per distinct shape (`train.check_key`), before a sweep writes anything: a
-    grid point that cannot run is one error line, not a failed run per point."""
+    grid point that cannot run is one error line, not a failed run per point.
+    `devices=False` where the runs train on other machines (Slurm): all but what
+    depends on the devices there (`train.check_portable`)."""
     from bnlab import train
 
     checked = set()
     for run in runs:
         key = train.check_key(run.config)
         if key not in checked:
-            train.prepare(run.config)
+            if devices:
+                train.prepare(run.config)
+            else:
+                train.check_portable(run.config)
             checked.add(key)
 
 

@@ -61,20 +61,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     parallel.initialize_distributed(config)  # before anything touches the devices
     config_lib.validate(config)
     layout = parallel.layout_from_config(config)
-    options = {"data_dir": config.data_dir}
-    if config.dataset == "synthetic":
-        options.update(config.get("synthetic", {}))
-    train_set = data.load(config.dataset, "train", train_size=config.train_size, **options)
-    test_set = data.load(config.dataset, "test", **options)
-    if config.get("test_size") is not None:
-        if config.test_size > len(test_set):
-            raise config_lib.ConfigError("test_size", config.test_size,
-                                         f"larger than the {len(test_set)} test examples")
-        test_set = dataclasses.replace(test_set, images=test_set.images[:config.test_size],
-                                       labels=test_set.labels[:config.test_size])
-    if len(train_set) < config.batch_size:
-        raise config_lib.ConfigError("batch_size", config.batch_size,
-                                     f"larger than the {len(train_set)} training examples")
+    train_set, test_set = _datasets(config)
     # The config reaches the norm and the network as their options: each says
     # which fields it reads (norms.LAYERS[...].CONFIG, models.MODELS[...].CONFIG).
     norm_options = norms.options(config)
@@ -106,6 +93,45 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
                     norm_layers, facts)
 
 
+def check_portable(config: ml_collections.ConfigDict) -> None:
+    """What `prepare` checks that holds on any machine, for a launcher whose runs
+    train elsewhere (a Slurm login node): every value, the data (the same path must
+    hold it where the runs train), and every layer's shapes, traced at the
+    per-device batch where the config fixes the devices (`num_devices`), else at
+    the whole batch. It neither joins a cluster nor asks this machine's devices
+    (the workers check those); the layers' formula stands in for the kernels of
+    the backend, which take the same shapes. Raises `ConfigError`."""
+    config_lib.validate(config)
+    train_set, _ = _datasets(config)
+    devices = (config.num_devices or 1) if config.parallel != "none" else 1
+    if config.batch_size % devices:  # as `parallel.layout_from_config` says it
+        raise config_lib.ConfigError("batch_size", config.batch_size,
+                                     f"must divide over the {devices} devices")
+    model = models.make(config.model, norm=config.norm, num_classes=train_set.num_classes,
+                        norm_options=norms.options(config), dtype=config.dtype,
+                        **models.options(config))
+    models.normalized_layers(model, (config.batch_size // devices,) + train_set.image_shape)
+
+
+def _datasets(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.Dataset]:
+    """The run's train and test sets, checked against the batch and test sizes."""
+    options = {"data_dir": config.data_dir}
+    if config.dataset == "synthetic":
+        options.update(config.get("synthetic", {}))
+    train_set = data.load(config.dataset, "train", train_size=config.train_size, **options)
+    test_set = data.load(config.dataset, "test", **options)
+    if config.get("test_size") is not None:
+        if config.test_size > len(test_set):
+            raise config_lib.ConfigError("test_size", config.test_size,
+                                         f"larger than the {len(test_set)} test examples")
+        test_set = dataclasses.replace(test_set, images=test_set.images[:config.test_size],
+                                       labels=test_set.labels[:config.test_size])
+    if len(train_set) < config.batch_size:
+        raise config_lib.ConfigError("batch_size", config.batch_size,
+                                     f"larger than the {len(train_set)} training examples")
+    return train_set, test_set
+
+
 def steps_per_call(config: ml_collections.ConfigDict) -> int:
     """Steps per call: `config.steps_per_call`, or when it is 0 (automatic) the
     fused loop up to each log point on an accelerator where the run allows it (one
@@ -134,42 +160,74 @@ def run_digest(config: ml_collections.ConfigDict | dict[str, Any]) -> str:
     return tracking.config_hash(config_lib.canonical(flat))
 
 
+def full_digest(config: ml_collections.ConfigDict | dict[str, Any]) -> str:
+    """The hash of every field of what a run computes (`config.normalized`), defaults
+    included: it tells apart two runs that differ only in a default's value, one made
+    before configs/default.py changed it and one after."""
+    flat = config if isinstance(config, dict) else config_lib.flatten(config)
+    return tracking.config_hash(config_lib.normalized(flat))
+
+
+@dataclasses.dataclass
+class ExistingRuns:
+    """The run directories of a tracking directory by what they compute
+    (`existing_runs`)."""
+
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # digest → a name
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)  # name → its digest
+
+    def __bool__(self) -> bool:
+        return bool(self.digests)
+
+
 def run_name(config: ml_collections.ConfigDict, varied: list[str],
-             existing: dict[str, str] | None = None) -> str:
+             existing: ExistingRuns | None = None) -> str:
     """The run's directory name: the varied fields, both batch sizes, the run's
     digest; or, from `existing` (`existing_runs`), the name of a run directory that
-    already holds the same computation under another name."""
+    already holds the same computation under another name.
+
+    A digest hashes the fields that differ from configs/default.py, so when a default
+    changes, a run of the new default gets the name a run of the old one got. Where
+    `existing` has a directory of that name holding another computation, this run
+    is named with `full_digest` added: never resumed from, nor taken for, the old run,
+    which keeps its directory; names of runs whose computation did not change stay."""
     digest = run_digest(config)
-    if existing and digest in existing:
-        return existing[digest]
+    if existing and digest in existing.names:
+        return existing.names[digest]
     sizes = batch_sizes(config)
-    return tracking.run_id(config_lib.identity(config),
+    name = tracking.run_id(config_lib.identity(config),
                            [k for k in varied if k not in config_lib.LAUNCH_FIELDS],
                            sizes["sgd_batch_size"], sizes["norm_batch_size"], digest)
+    if existing and existing.digests.get(name, digest) != digest:
+        name = f"{name}-{full_digest(config)}"
+    return name
 
 
-def existing_runs(workdir: str | Path) -> dict[str, str]:
-    """digest → name of the run directories of a tracking directory, read from their
-    config.json: a run planned again under another name is the run already there. That
-    covers an override that sets a default (`--config.learning_rate=0.05`, named for
-    it) and the ids of bnlab before 2026-12, which hashed every field; a finished
-    directory wins over an unfinished one of the same digest."""
-    found: dict[str, str] = {}
+def existing_runs(workdir: str | Path) -> ExistingRuns:
+    """The run directories of a tracking directory by their config.json's digest: a
+    run planned again under another name is the run already there. That covers an
+    override that sets a default (`--config.learning_rate=0.05`, named for it) and
+    the ids of bnlab before 2026-12, which hashed every field; a finished directory
+    wins over an unfinished one of the same digest. A directory without a readable
+    config.json is in neither map."""
+    found = ExistingRuns()
     for run_dir in sorted(tracking.SweepDir(workdir).runs(), key=lambda d: not d.finished()):
         flat = run_dir.config()
         if flat:
-            found.setdefault(run_digest(flat), run_dir.name)
+            digest = run_digest(flat)
+            found.names.setdefault(digest, run_dir.name)
+            found.digests[run_dir.name] = digest
     return found
 
 
 def resumable_step(run_dir: tracking.RunDir, config, checkpoints) -> int | None:
-    """The checkpoint step to resume from: an unfinished run of the same config."""
+    """The checkpoint step to resume from: an unfinished run of the same computation
+    (`config.canonical`: JSON's values, so numpy's scalars are Python's)."""
     if checkpoints is None or run_dir.finished():
         return None
     written = run_dir.config()  # {} when missing or damaged: no match
-    canonical = [tracking.jsonable(config_lib.canonical(flat))
-                 for flat in (written, config_lib.flatten(config))]
-    if not written or canonical[0] != canonical[1]:
+    if not written or config_lib.canonical(written) != config_lib.canonical(
+            config_lib.flatten(config)):
         return None
     return checkpoints.latest_step() or None
 

@@ -75,6 +75,37 @@ def test_small_batch_verdicts(tmp_path, bn_small, gn_small, verdict):
         assert result.estimate.value == pytest.approx(0.15)
 
 
+def test_runs_compare_whatever_they_say_of_fields_their_norm_does_not_read(tmp_path):
+    """A field a run's norm does not read is not in its id, so a run planned with
+    another value of it reuses the directory (a GN run of an older bnlab, without
+    bn_unbiased_running_var; BN runs of a base that set num_groups otherwise). The
+    rules compared only runs whose config.json agreed on it, and found no GN run to
+    set BN's against. Now such a field is taken at the value the readers share."""
+    def accuracy(norm, batch, rate, seed):
+        return (0.70 if norm == "bn" and batch == 2 else 0.85) + NOISE[seed]
+
+    _write_runs(tmp_path, _grid(accuracy, ("bn", "gn"), sizes=(2, 32)))
+    for run_dir in (tmp_path / "runs").iterdir():
+        config = tracking.read_json(run_dir / "config.json")
+        if config["norm"] == "bn":  # a GN run's config.json lacks the field: an old one
+            config.update(bn_unbiased_running_var=True, num_groups=8)
+        else:
+            config.update(num_groups=4)
+        tracking.write_json_atomic(run_dir / "config.json", config)
+    runs = analysis.load_runs(tmp_path)
+    assert len(claims._comparable(runs, ("batch_size",))) == 1
+    result = claims.small_batch_rule(runs)
+    assert result.verdict == claims.SUPPORTED, result
+    assert result.estimate.value == pytest.approx(0.15)
+    # Where the runs that read a field differ in it, the others are not guessed at:
+    # they keep their own value (BN's 2 meets GN's 2; BN's 8 meets nothing).
+    flipped = runs.copy()
+    flipped.loc[flipped["seed"] == 0, "num_groups"] = 2
+    groups = claims._comparable(flipped, ("batch_size",))
+    assert sorted(sorted(set(zip(g["norm"], g["num_groups"], strict=True))) for g in groups) \
+        == [[("bn", 2), ("gn", 2)], [("bn", 8)], [("gn", 4)]]
+
+
 COARSE = (0.01, 0.03, 0.1, 0.3, 1.0)  # ×3 steps, as experiments/learning_rate.py
 FINE = (0.01, 0.014, 0.02, 0.028, 0.04)  # ×1.4 steps: finer than the ×2 margin
 

@@ -162,3 +162,28 @@ def test_bench_rejects_bad_input_in_one_line(cli, tmp_path, args, message):
     out = tmp_path / "bench.json"
     assert_one_line_error(cli("bench", *args, "--out", str(out)), message)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+def test_gpu_memory_is_left_unallocated_before_planning_starts_jax(cli, tmp_path,
+                                                                   monkeypatch, command):
+    """With several local workers, the parent's JAX must not take 75% of the GPU at
+    start (its workers need it): XLA_PYTHON_CLIENT_PREALLOCATE=false, which JAX reads
+    when it first looks for devices. It was set after planning, which does that for
+    sharded runs (their devices are in their names). Now before."""
+    from bnlab import reproduce, sweep
+
+    seen = []
+
+    def planned(*args, **kwargs):
+        seen.append(os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+        raise cli_lib.UsageError("planned")  # nothing further: what was set is the point
+
+    monkeypatch.setattr(sweep, "plan", planned)
+    monkeypatch.setattr(reproduce, "plan", planned)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "unset")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE")  # restored (unset) after the test
+    target = [ROOT / "experiments" / "batch_size.py"] if command == "sweep" else []
+    result = cli(command, *target, "--jobs=2", f"--workdir={tmp_path / 'w'}")
+    assert_one_line_error(result, "planned")
+    assert seen == ["false"]

@@ -413,22 +413,68 @@ def get_sweep():
 '''
 
 
+@pytest.mark.parametrize("executor", ["local", "slurm"])
 @pytest.mark.parametrize("dataset, groups, extra, message", [
     ("synthetic", [8, 3], [], "num_groups"),
     ("fashion_mnist", [8], ["--config.data_dir=/nonexistent"],
      "config.data_dir='/nonexistent': Fashion-MNIST IDX files not found"),
 ])
-def test_a_sweep_checks_shapes_and_data_before_writing(cli, tmp_path, dataset, groups, extra,
-                                                       message):
+def test_a_sweep_checks_shapes_and_data_before_writing(cli, tmp_path, monkeypatch, dataset,
+                                                       groups, extra, message, executor):
     """Probe 11: a grid point that cannot run (GN with 3 groups of 16 channels, a
     data_dir without the data) wrote every run directory and failed each such run,
-    the reason only in its status.json. Now: one line, exit 2, nothing written."""
+    the reason only in its status.json. Now: one line, exit 2, nothing written; on
+    the Slurm path too (it wrote the runs and submitted them), nothing submitted."""
+    from bnlab import sweep
+
+    def submit(*args, **kwargs):
+        raise AssertionError("submitted a sweep that cannot run")
+
+    monkeypatch.setattr(sweep, "run_slurm", submit)
     sweep_file = tmp_path / "grid.py"
     sweep_file.write_text(GRID_FILE.format(root=ROOT, dataset=dataset, groups=groups))
     workdir = tmp_path / "w"
-    result = cli("sweep", sweep_file, f"--workdir={workdir}", *extra)
+    result = cli("sweep", sweep_file, f"--workdir={workdir}", f"--executor={executor}", *extra)
     assert_one_line_error(result, message)
     assert not workdir.exists()
+
+
+def test_a_slurm_sweep_checks_what_holds_on_any_node_and_submits(cli, tmp_path, monkeypatch):
+    """The Slurm path checks on the node it is launched from what does not depend on
+    the devices (`train.check_portable`): shapes at the per-device batch the config
+    fixes, not this node's devices, which the workers' nodes may not share. A grid
+    that can run is written and submitted, in the environment the sweep had (the
+    check's XLA_PYTHON_CLIENT_PREALLOCATE=false does not reach the jobs)."""
+    from bnlab import sweep, train
+    from bnlab.config import ConfigError, load_config_file
+
+    config = load_config_file(ROOT / "configs" / "default.py")
+    config.update(dataset="synthetic", batch_size=32, parallel="pmap", num_devices=16)
+    with pytest.raises(ConfigError, match="num_devices"):
+        train.prepare(config)  # 8 devices here
+    sweep.check([sweep.Run("r", config, {})], devices=False)  # the workers' nodes may have 16
+    config.virtual_batch_size = 4  # 2 examples per device: ghost batches of 4 cannot be
+    with pytest.raises(ConfigError, match="virtual_batch_size=4: must divide the batch of 2"):
+        sweep.check([sweep.Run("r", config, {})], devices=False)
+
+    submitted = []
+
+    def submit(workdir, launch, jobs, slurm, wait=True, progress=True, pack=None):
+        submitted.append((tracking.SweepDir(workdir).launch_runs(launch),
+                          os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")))
+        return {}
+
+    monkeypatch.setattr(sweep, "run_slurm", submit)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "unset")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE")  # restored (unset) after the test
+    sweep_file = tmp_path / "grid.py"
+    sweep_file.write_text(GRID_FILE.format(root=ROOT, dataset="synthetic", groups=[8]))
+    workdir = tmp_path / "w"
+    result = cli("sweep", sweep_file, f"--workdir={workdir}", "--executor=slurm", "--nowait")
+    assert result.returncode == 0, result.stderr
+    ((runs, preallocate),) = submitted
+    assert len(runs) == 2 and preallocate is None
+    assert sorted(runs) == sorted(d.name for d in (workdir / tracking.RUNS).iterdir())
 
 
 def test_an_override_of_a_field_the_grid_sets_is_refused(cli, tmp_path):
@@ -495,6 +541,133 @@ def test_runs_of_an_older_bnlab_are_found_and_not_run_again(cli, tmp_path, monke
     assert train.existing_runs(workdir) and all(
         name not in old for name in
         (run.run_id for run in _planned(sweep_file, workdir)))
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every file under a run directory (checkpoints too) and its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_run_of_a_changed_default_is_not_taken_for_the_old_run(cli, tmp_path):
+    """A run's id hashes what differs from configs/default.py, so when a default
+    changes, a run of the new default gets the name a run of the old default got.
+    `train` then found the old run finished and printed its result as this one's.
+    Now the new run is named apart (its full digest added), trains, and keeps that
+    name; the old run's files are left as they were."""
+    workdir = tmp_path / "w"
+    assert cli(*SMALL_RUN, f"--workdir={workdir}").returncode == 0
+    (old,) = (workdir / tracking.RUNS).iterdir()
+    # Made a run of an older default (momentum 0.8 then), under the name it had.
+    config = json.loads((old / tracking.CONFIG).read_text())
+    config["momentum"] = 0.8
+    (old / tracking.CONFIG).write_text(json.dumps(config))
+    before = _files(old)
+    again = cli(*SMALL_RUN, f"--workdir={workdir}")
+    assert again.returncode == 0, again.stderr
+    assert "finished before" not in again.stdout
+    (new,) = [d for d in (workdir / tracking.RUNS).iterdir() if d != old]
+    assert new.name.startswith(old.name + "-")
+    assert tracking.read_json(new / tracking.CONFIG)["momentum"] == 0.9
+    assert tracking.read_json(new / tracking.SUMMARY)["status"] == "done"
+    assert _files(old) == before
+    third = cli(*SMALL_RUN, f"--workdir={workdir}")  # the new run keeps its name
+    assert f"{new}: finished before" in third.stdout
+    assert len(list((workdir / tracking.RUNS).iterdir())) == 2
+
+
+def test_a_sweep_after_a_default_changed_leaves_the_old_runs_alone(cli, tmp_path):
+    """As above, through a sweep, and with an old run that was interrupted after a
+    checkpoint: the relaunch claimed it under the shared name, found its config not
+    this run's, cleared its checkpoint and wrote the new run over it. Now the new
+    runs get directories of their own and both old ones stay as they were."""
+    from test_sweep import _sweep_file
+
+    workdir = tmp_path / "w"
+    sweep_file = _sweep_file(tmp_path, steps=4, rates=(0.01,), log_every=2,
+                             checkpoint_every=2)
+    assert cli("sweep", sweep_file, f"--workdir={workdir}").returncode == 0
+    olds = sorted((workdir / tracking.RUNS).iterdir())
+    for run_dir in olds:  # runs of an older default, momentum 0.8
+        config = json.loads((run_dir / tracking.CONFIG).read_text())
+        config["momentum"] = 0.8
+        (run_dir / tracking.CONFIG).write_text(json.dumps(config))
+    (olds[0] / tracking.SUMMARY).unlink()  # killed after its checkpoint of step 2
+    assert tracking.RunDir(olds[0]).checkpoints().latest_step() == 2
+    before = {d: _files(d) for d in olds}
+    relaunch = cli("sweep", sweep_file, f"--workdir={workdir}")
+    assert relaunch.returncode == 0, relaunch.stderr
+    assert "2 runs, 0 finished before" in relaunch.stdout
+    news = sorted(set((workdir / tracking.RUNS).iterdir()) - set(olds))
+    assert len(news) == 2 and all(re.fullmatch(re.escape(d.name) + "-[0-9a-f]{8}", n.name)
+                                  for d, n in zip(olds, news, strict=True))
+    for run_dir in news:
+        assert tracking.read_json(run_dir / tracking.SUMMARY)["status"] == "done"
+        assert tracking.read_json(run_dir / tracking.CONFIG)["momentum"] == 0.9
+    assert {d: _files(d) for d in olds} == before
+
+
+def test_old_runs_without_the_unbiased_variance_field_by_what_their_norm_reads(cli, tmp_path):
+    """A config.json from before bn_unbiased_running_var stands for False
+    (config.ABSENT_MEANS). That made every old run's digest differ from a new one's,
+    GN's too, though GN never reads the field: a relaunch trained them all again.
+    Now a field the run's norm and model do not read is not in its digest: the old
+    GN run is found and not run again; the old BN run (biased variance) is not
+    taken for a new BN run, which trains beside it."""
+    from test_sweep import _sweep_file
+
+    workdir = tmp_path / "w"
+    sweep_file = _sweep_file(tmp_path, steps=4, rates=(0.01,))
+    sweep_file.write_text(sweep_file.read_text().replace('["bn", "none"]', '["bn", "gn"]'))
+    assert cli("sweep", sweep_file, f"--workdir={workdir}").returncode == 0
+    for run_dir in list((workdir / tracking.RUNS).iterdir()):  # made old, as above
+        config = json.loads((run_dir / tracking.CONFIG).read_text())
+        del config["bn_unbiased_running_var"]
+        (run_dir / tracking.CONFIG).write_text(json.dumps(config))
+        run_dir.rename(run_dir.with_name(run_dir.name[:-8] + "0ld1d000"))
+    old = {d.name: _files(d) for d in (workdir / tracking.RUNS).iterdir()}
+    relaunch = cli("sweep", sweep_file, f"--workdir={workdir}")
+    assert relaunch.returncode == 0, relaunch.stderr
+    assert "2 runs, 1 finished before" in relaunch.stdout
+    names = sorted(d.name for d in (workdir / tracking.RUNS).iterdir())
+    (new,) = set(names) - set(old)
+    assert new.startswith("norm=bn,") and not new.endswith("0ld1d000")
+    assert tracking.read_json(workdir / tracking.RUNS / new / tracking.CONFIG)[
+        "bn_unbiased_running_var"] is True
+    assert {name: _files(workdir / tracking.RUNS / name) for name in old} == old
+
+
+NUMPY_GRID = '''
+import numpy as np
+from bnlab.config import load_config_file
+from bnlab.sweep import axis
+
+def get_config():
+    config = load_config_file("{root}/configs/default.py")
+    config.dataset = "synthetic"
+    config.num_steps = 4
+    config.log_every = 2
+    config.batch_size = 16
+    return config
+
+def get_sweep():
+    return axis("learning_rate", np.array([0.05, 0.1]))  # numpy's floats
+'''
+
+
+def test_a_grid_of_numpy_values_finds_the_runs_they_name(cli, tmp_path):
+    """A grid built with numpy (np.linspace, np.array) sets float fields to
+    np.float64: one equal to its default was taken for a field that differs (its
+    type is not float's), so lr 0.05 was a new run beside `train`'s run of the
+    default 0.05. Now values are compared as JSON holds them."""
+    workdir = tmp_path / "w"
+    assert cli(*SMALL_RUN, f"--workdir={workdir}").returncode == 0
+    sweep_file = tmp_path / "grid.py"
+    sweep_file.write_text(NUMPY_GRID.format(root=ROOT))
+    result = cli("sweep", sweep_file, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr
+    assert "2 runs, 1 finished before" in result.stdout
+    assert len(list((workdir / tracking.RUNS).iterdir())) == 2
 
 
 def _planned(sweep_file, workdir):

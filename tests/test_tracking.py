@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import ml_collections
 import pytest
 from conftest import BNLAB, ROOT
 from tensorboard.backend.event_processing import event_accumulator
@@ -182,3 +183,76 @@ def test_runs_from_before_the_unbiased_running_variance_are_not_taken_for_new_on
     assert new["bn_unbiased_running_var"] is True
     assert train.run_digest(old) != train.run_digest(new)
     assert train.run_digest(old) == train.run_digest({**new, "bn_unbiased_running_var": False})
+
+
+# Values for the fields `config.canonical` leaves out where the run's norm or model
+# does not read them (`config.unread_fields`), each other than its default and
+# valid there; and the fields `config.validate` refuses where they are unread.
+OTHER_VALUES = {"bn_momentum": 0.5, "norm_epsilon": 0.1, "bn_unbiased_running_var": False,
+                 "num_groups": 4, "group_size": 4, "depth": 5, "width": 8}
+REFUSED_UNREAD = {"virtual_batch_size": 4, "mask_padding": True}
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln", "in", "gn", "none"])
+def test_fields_the_norm_and_model_do_not_read_change_no_number_and_no_id(
+        synthetic_config, tmp_path, norm):
+    """A field the run's norm and model do not read is left out of its digest. It
+    must then change nothing the run computes: a run with every such field set
+    otherwise logs the same numbers, bit for bit, and has the same id; a field the
+    norm does read changes the id."""
+    from bnlab import config as config_lib
+    from bnlab import norms
+    from bnlab.config import ConfigError
+
+    assert set(norms.LAYERS) == {"bn", "ln", "in", "gn", "none"}  # every norm is tested
+    synthetic_config.update(norm=norm, num_steps=4, log_every=2, batch_size=8)
+    unread = config_lib.unread_fields(norm, synthetic_config.model)
+    assert unread <= set(OTHER_VALUES) | set(REFUSED_UNREAD), "a field new to a CONFIG"
+    other = ml_collections.ConfigDict(synthetic_config.to_dict())
+    for field in sorted(unread):
+        if field in REFUSED_UNREAD:  # no run can set it: nothing to compute differently
+            refused = ml_collections.ConfigDict(synthetic_config.to_dict())
+            refused[field] = REFUSED_UNREAD[field]
+            with pytest.raises(ConfigError, match=field):
+                config_lib.validate(refused)
+        else:
+            other[field] = OTHER_VALUES[field]
+    assert train.run_digest(other) == train.run_digest(synthetic_config)
+    assert train.run_name(other, ["norm"]) == train.run_name(synthetic_config, ["norm"])
+    rows = []
+    for name, config in (("default", synthetic_config), ("other", other)):
+        train.train_and_evaluate(config, str(tmp_path / name))
+        rows.append([{k: v for k, v in row.items() if k != "time"}
+                     for row in tracking.read_metrics(tmp_path / name / "metrics.jsonl")])
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    for field in sorted(norms.fields(norm) - {"virtual_batch_size"}):
+        read = ml_collections.ConfigDict(synthetic_config.to_dict())
+        read[field] = OTHER_VALUES[field]
+        assert train.run_digest(read) != train.run_digest(synthetic_config), field
+
+
+def test_a_config_with_numpy_values_is_the_run_its_config_json_holds(synthetic_config,
+                                                                     tmp_path):
+    """A float field set to numpy's float64 (a grid from np.linspace) at its default
+    was taken for a field that differs, as its type is not float: another digest,
+    and a killed run of it did not resume from its checkpoint. Values are now
+    compared as config.json holds them."""
+    import numpy as np
+
+    from bnlab import config as config_lib
+
+    synthetic_config.update(num_steps=4, log_every=2, batch_size=8, checkpoint_every=2)
+    train.train_and_evaluate(synthetic_config, str(tmp_path))
+    (tmp_path / tracking.SUMMARY).unlink()  # killed after its checkpoint of step 2
+    numpy_config = ml_collections.ConfigDict(synthetic_config.to_dict())
+    numpy_config.learning_rate = np.float64(synthetic_config.learning_rate)  # the default
+    numpy_config.momentum = np.float64(synthetic_config.momentum)
+    numpy_config.step_boundaries = tuple(np.float64(b) for b in config_lib.defaults()[
+        "step_boundaries"])
+    assert type(numpy_config.learning_rate) is np.float64
+    assert train.run_digest(numpy_config) == train.run_digest(synthetic_config)
+    run_dir = tracking.RunDir(tmp_path)
+    assert train.resumable_step(run_dir, numpy_config, run_dir.checkpoints()) == 2
+    flat = {**config_lib.flatten(synthetic_config), "batch_size": np.int64(8),
+            "augment": np.bool_(False)}
+    assert train.run_digest(flat) == train.run_digest(synthetic_config)
