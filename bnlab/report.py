@@ -105,6 +105,35 @@ def _provenance_lines(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _time_lines(runs, about: dict[str, Any] | None) -> list[str]:
+    """Where the time went, per experiment: the runs' own seconds (summed over runs;
+    parallel workers overlap them), split into the first call (it compiles, or loads
+    the compiled program from the cache), evaluations (test sets, diagnostics,
+    PreciseBN) and the training steps."""
+    needed = ("wall_time_s", "first_step_s", "eval_time_s")
+    if not len(runs) or not all(c in runs for c in needed):
+        return []
+    table = runs.assign(**{c: pd.to_numeric(runs[c], errors="coerce") for c in needed})
+    by = table.groupby("sweep" if "sweep" in table else (lambda _: "runs"), sort=False)
+    lines = ["## Time", ""]
+    if about and about.get("wall_s"):
+        lines.append(f"The reproduction took {about['wall_s'] / 60:.1f} minutes of wall "
+                     "clock. The runs' own seconds, summed over each experiment's runs "
+                     "(parallel workers overlap them; starting the workers, loading the "
+                     "data and the checks before the runs are outside them):")
+        lines.append("")
+    lines += ["| experiment | runs | run seconds | first call (compile) | evaluation | "
+              "training |", "|---|---|---|---|---|---|"]
+    for name, group in list(by) + [("all", table)]:
+        wall, first, evaluation = (group[c].sum() for c in needed)
+        train = wall - first - evaluation
+        lines.append(f"| {name} | {len(group)} | {wall:.0f} | {first:.0f} ({first / wall:.0%}) "
+                     f"| {evaluation:.0f} ({evaluation / wall:.0%}) | {train:.0f} "
+                     f"({train / wall:.0%}) |" if wall > 0 else f"| {name} | {len(group)} "
+                     "| | | | |")
+    return lines
+
+
 def _limitations(runs, facts: dict[str, Any], about: dict[str, Any] | None) -> list[str]:
     """What the results cannot say, from what the runs were: their data sets, models,
     platforms and training lengths (not a fixed text that could go stale)."""
@@ -252,7 +281,9 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
                 "generative models and a perceptual judgement that bnlab's classifiers on "
                 "Fashion-MNIST cannot give honestly."]
     facts = provenance(runs, about)
-    closing = [""] + _provenance_lines(facts) + [""] + _limitations(runs, facts, about) + untested
+    timing = _time_lines(runs, about)
+    closing = ([""] + _provenance_lines(facts) + ([""] + timing if timing else []) + [""]
+               + _limitations(runs, facts, about) + untested)
     tracking.SweepDir(out).write_report("\n".join(lines + sections + closing) + "\n", facts, [
         {"id": c.id, "text": c.text, "experiments": list(c.experiments),
          "reference": c.reference, **v.jsonable(), **c.summary(v),

@@ -33,6 +33,9 @@ def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_pa
     assert f"- bnlab commit of the runs: {commit}; of this report's rules: {commit}" in report
     assert written["provenance"]["report_commit"] == commit
     assert report_lib.SMOKE_WARNING in report and "## Limitations" in report
+    # Where the time went: each experiment's run seconds, split, and all of them.
+    assert "## Time" in report and "| all | 80 | " in report
+    assert "| generalization | 8 | " in report
     for claim in written["claims"]:
         measured = claim["id"] in MEASURED
         assert (claim["verdict"] != claims.NOT_MEASURED) == measured, claim
