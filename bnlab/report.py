@@ -179,7 +179,11 @@ def _decision(claim: Claim, verdict: Verdict) -> str:
     factor = "×/÷ " if summary["log_scale"] else "± "
     text += "Judged on each seed set alone, and standing only where they agree: "
     for one in replicates:
-        said = _interval_text(claim, one["verdict"], {**summary, **one}, one.get("reason", ""))
+        if "half_width" not in one:  # not measured on this set: nothing to say of it
+            text += f"{one['seeds']}: {one['verdict']}. "
+            continue
+        said = _interval_text(claim, one["verdict"], {"log_scale": summary["log_scale"], **one},
+                              one.get("reason", ""))
         text += f"{one['seeds']}: {one['verdict']}; {said[0].lower()}{said[1:]} "
     if verdict.reason.startswith("it did not replicate"):
         text += f"{verdict.reason[0].upper()}{verdict.reason[1:]}."

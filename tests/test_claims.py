@@ -20,7 +20,7 @@ def _write_runs(folder, rows):
         run_dir.mkdir(parents=True)
         config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model",
                                       "norm_placement", "mask_padding", "train_size",
-                                      "norm_fc1") if k in row}
+                                      "norm_fc1", "eval_train_set") if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
         tracking.write_json_atomic(run_dir / "status.json", {"status": status})
@@ -106,8 +106,9 @@ def test_runs_compare_whatever_they_say_of_fields_their_norm_does_not_read(tmp_p
         == [[("bn", 2), ("gn", 2)], [("bn", 8)], [("gn", 4)]]
 
 
-COARSE = (0.01, 0.03, 0.1, 0.3, 1.0)  # ×3 steps, as experiments/learning_rate.py
+COARSE = (0.01, 0.03, 0.1, 0.3, 1.0)  # ×3 steps
 FINE = (0.01, 0.014, 0.02, 0.028, 0.04)  # ×1.4 steps: finer than the ×2 margin
+DOUBLING = (0.01, 0.02, 0.04, 0.08, 0.16)  # ×2 steps, as experiments/learning_rate.py
 
 
 @pytest.mark.parametrize("rates,none_diverges,bn_diverges,seeds,verdict", [
@@ -123,6 +124,12 @@ FINE = (0.01, 0.014, 0.02, 0.028, 0.04)  # ×1.4 steps: finer than the ×2 margi
     (COARSE, (), (0.3, 1.0), (0, 1, 2), claims.NOT_SUPPORTED),
     ((0.01, 0.03, 0.1, 0.3, 1.0), (), (), (0, 1, 2), claims.INCONCLUSIVE),  # both at the top
     (COARSE, (0.3, 1.0), (), (0,), claims.INCONCLUSIVE),      # one seed is not evidence
+    # The ×2 grid of experiments/learning_rate.py, both up to the same rate: the ratio
+    # in (1/2, 2), its upper end on the ×2 margin whatever the rate (rounding once
+    # made 0.04 NOT SUPPORTED and 0.02 INCONCLUSIVE).
+    (DOUBLING, (0.08, 0.16), (0.08, 0.16), (0, 1, 2), claims.INCONCLUSIVE),
+    (DOUBLING, (0.04, 0.08, 0.16), (0.04, 0.08, 0.16), (0, 1, 2), claims.INCONCLUSIVE),
+    (DOUBLING, (0.16,), (0.16,), (0, 1, 2), claims.INCONCLUSIVE),
 ])
 def test_learning_rate_verdicts(tmp_path, rates, none_diverges, bn_diverges, seeds, verdict):
     diverged = {("none", r) for r in none_diverges} | {("bn", r) for r in bn_diverges}
@@ -214,7 +221,7 @@ def test_generalization_is_decided_where_a_small_training_set_is_fitted(tmp_path
     runs, where BN is 5 points ahead, are judged beside it."""
     fitted = _grid(lambda n, b, r, s: 0.83 + NOISE[s], ("bn", "none"))
     for row in fitted:
-        row.update(train_size=1024, final_train_accuracy=1.0)
+        row.update(train_size=1024, final_train_accuracy=1.0, eval_train_set=True)
     epoch = _grid(lambda n, b, r, s: (0.85 if n == "bn" else 0.80) + NOISE[s], ("bn", "none"))
     result = claims.generalization_rule(_write_runs(tmp_path, fitted + epoch))
     assert result.details["setting"] == "a small training set fitted"
@@ -513,6 +520,38 @@ def test_alternatives_verdicts(tmp_path, gn_small, gn_sequences, verdict):
     result = claims.alternatives_rule(runs)
     assert result.verdict == verdict, result
     assert len(result.details["shortfalls"]) == 2
+
+
+def test_a_diverged_run_scores_chance_and_keeps_its_seed(tmp_path):
+    """GN diverging at batch 2 in one seed of three: its seed was left out, and C9
+    said GN works (SUPPORTED) on the two it survived."""
+    rows = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn", "gn"), sizes=(2, 32))
+    for row in rows:
+        if row["norm"] == "gn" and row["batch_size"] == 2 and row["seed"] == 1:
+            row.update(status="diverged", test_accuracy=None)
+    sequences = _sequence_rows(lambda name, seed: 0.85 + NOISE[seed])
+    for row in sequences:
+        row["batch_size"] = 7
+    result = claims.alternatives_rule(_write_runs(tmp_path, rows + sequences))
+    assert result.verdict != claims.SUPPORTED, result
+    drop = result.details["shortfalls"]["small batch (model): GN's drop from 32 to 2"]
+    assert drop["value"] == pytest.approx((0.85 - claims.CHANCE) / 3)
+
+
+def test_learning_rate_without_a_bn_arm_at_two_rates_is_not_measured(tmp_path):
+    rows = _grid(lambda n, b, r, s: 0.85, ("none",), rates=(0.01, 0.02))
+    rows += [{**row, "norm": "bn"} for row in _grid(lambda n, b, r, s: 0.85, ("bn",),
+                                                    rates=(0.01,))]
+    rows += [{**row, "norm_fc1": True} for row in _grid(lambda n, b, r, s: 0.85, ("bn",),
+                                                        rates=(0.02,))]
+    assert claims.learning_rate_rule(_write_runs(tmp_path, rows)).verdict == claims.NOT_MEASURED
+
+
+def test_seed_sets_of_a_claim_over_two_experiments_are_named_per_experiment():
+    part = pd.DataFrame({"seed": [0, 1, 2, 3, 4, 0, 1, 2],
+                         "sweep": ["generalization"] * 5 + ["learning_rate"] * 3})
+    assert claims._set_name(part, 0) == "seeds 0-4 (generalization), 0-2 (learning_rate)"
+    assert claims._set_name(part[part["sweep"] == "learning_rate"], 0) == "seeds 0-2"
 
 
 def test_alternatives_needs_gn_in_both_regimes(tmp_path):
