@@ -385,13 +385,16 @@ def _small_batch_figure(verdict: Verdict, fig: Figure) -> None:
 TRAINS_ABOVE_CHANCE = 0.25
 
 
-def _rate_limits(bn: pd.DataFrame, none: pd.DataFrame, grid: list[float],
+def _rate_limits(bn: pd.DataFrame, none: pd.DataFrame,
                  classes: int) -> tuple[Estimate, dict[str, Any], str]:
-    """log(BN's ÷ no norm's highest rate that trains), per seed within the bounds the
-    grid gives (`bounded`); the details; and why a side is open, if one is."""
+    """log(BN's ÷ no norm's highest rate that trains), per seed within the bounds
+    each arm's own grid gives (`bounded`); the details; and why a side is open, if
+    one is."""
     found: dict[str, dict[int, tuple[float, float, float, float]]] = {}
-    below_grid = math.log(grid[0]) - (math.log(grid[1]) - math.log(grid[0]))
     for norm, mine in (("bn", bn), ("none", none)):
+        # The arm's own rates: one arm may go further up than the other.
+        grid = sorted(float(r) for r in mine["learning_rate"].unique())
+        below_grid = math.log(grid[0]) - (math.log(grid[1]) - math.log(grid[0]))
         accuracy = pd.to_numeric(mine["test_accuracy"], errors="coerce")
         collapsed = (mine["collapsed"].fillna(False).astype(bool) if "collapsed" in mine
                      else pd.Series(False, index=mine.index))
@@ -469,7 +472,7 @@ def learning_rate_rule(runs: pd.DataFrame, classes: int = 10) -> Verdict:
                              "all else equal")
     judged = []
     for name, bn in arms.items():
-        log_ratio, details, open_side = _rate_limits(bn, none, grid, classes)
+        log_ratio, details, open_side = _rate_limits(bn, none, classes)
         judged.append((name, log_ratio, details, open_side,
                        decide(log_ratio, MARGINS["C2"].judged)))
     (setting, log_ratio, details, open_side, verdict), *others = judged

@@ -105,6 +105,21 @@ def _provenance_lines(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _wall(about: dict[str, Any] | None) -> str:
+    """The reproduction's wall clock, in words: every launch's, summed (a relaunch
+    that added runs, or resumed killed ones, took its share)."""
+    if not about:
+        return ""
+    walls = [launch["wall_s"] for launch in about.get("launches", []) if launch.get("wall_s")]
+    if not walls:
+        return f"{about['wall_s'] / 60:.1f} min" if about.get("wall_s") else ""
+    text = f"{sum(walls) / 60:.1f} min"
+    if len(walls) > 1:
+        text += (f" over {len(walls)} launches: "
+                 + " + ".join(f"{wall / 60:.1f}" for wall in walls))
+    return text
+
+
 def _time_lines(runs, about: dict[str, Any] | None) -> list[str]:
     """Where the time went, per experiment: the runs' own seconds (summed over runs;
     parallel workers overlap them), split into the first call (it compiles, or loads
@@ -116,8 +131,8 @@ def _time_lines(runs, about: dict[str, Any] | None) -> list[str]:
     table = runs.assign(**{c: pd.to_numeric(runs[c], errors="coerce") for c in needed})
     by = table.groupby("sweep" if "sweep" in table else (lambda _: "runs"), sort=False)
     lines = ["## Time", ""]
-    if about and about.get("wall_s"):
-        lines.append(f"The reproduction took {about['wall_s'] / 60:.1f} minutes of wall "
+    if _wall(about):
+        lines.append(f"The reproduction took {_wall(about)} of wall "
                      "clock. The runs' own seconds, summed over each experiment's runs "
                      "(parallel workers overlap them; starting the workers, loading the "
                      "data and the checks before the runs are outside them):")
@@ -145,7 +160,7 @@ def _limitations(runs, facts: dict[str, Any], about: dict[str, Any] | None) -> l
     steps = pd.to_numeric(runs["step"], errors="coerce") if "step" in runs else None
     length = ("" if steps is None or steps.isna().all()
               else f", {int(steps.min())} to {int(steps.max())} steps a run")
-    wall = f" in {about['wall_s'] / 60:.0f} minutes" if about and about.get("wall_s") else ""
+    wall = f" in {_wall(about).split(' over ')[0]}" if _wall(about) else ""
     return [
         "## Limitations", "",
         f"- Data: {listed('dataset')}. The papers behind the claims trained on ImageNet "
@@ -227,7 +242,7 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
     header = f"{len(runs)} runs under `{workdir}`"
     if about:
         header += (f", `bnlab reproduce --scale {about['scale']}`"
-                   + (f" ({about['wall_s'] / 60:.1f} min)" if about.get("wall_s") else ""))
+                   + (f" ({_wall(about)})" if _wall(about) else ""))
     lines = ["# bnlab: the article's claims", ""]
     if about and about.get("scale") == "smoke":
         lines += [SMOKE_WARNING, ""]

@@ -538,6 +538,21 @@ def test_a_diverged_run_scores_chance_and_keeps_its_seed(tmp_path):
     assert drop["value"] == pytest.approx((0.85 - claims.CHANCE) / 3)
 
 
+def test_learning_rate_brackets_each_arm_on_its_own_rates(tmp_path):
+    """BN on every hidden layer goes further up the grid than no norm: no norm
+    training at its own top rate (0.16) has no known limit, although the grid (BN's)
+    goes on to 1.28; it was bracketed by BN's next rate."""
+    none = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("none",), rates=DOUBLING)
+    every = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn",), rates=DOUBLING + (0.32, 0.64),
+                  diverged={("bn", 0.64)})
+    for row in every:
+        row["norm_fc1"] = True
+    result = claims.learning_rate_rule(_write_runs(tmp_path, none + every))
+    assert result.details["seeds_at_the_top_rate"] == {"bn": 0, "none": 3}
+    assert result.estimate.low == 0.0  # no lower bound: no norm's limit is not known
+    assert result.verdict == claims.INCONCLUSIVE
+
+
 def test_learning_rate_without_a_bn_arm_at_two_rates_is_not_measured(tmp_path):
     rows = _grid(lambda n, b, r, s: 0.85, ("none",), rates=(0.01, 0.02))
     rows += [{**row, "norm": "bn"} for row in _grid(lambda n, b, r, s: 0.85, ("bn",),
