@@ -34,6 +34,7 @@ from typing import Any
 import ml_collections
 
 from bnlab import config as config_lib
+from bnlab import progress as progress_lib
 from bnlab import tracking
 
 # ---------------------------------------------------------------- grids
@@ -205,15 +206,13 @@ def work(workdir: str | Path, launch_id: str, progress: bool = False, pack: bool
     together, up to `pack_size` at once (`train.train_packed`), where packing pays
     (`train.packing_pays`: not on a CPU backend, unless `pack_on_cpu`). A packed member
     computes what it would compute alone: packing changes the speed, not a number."""
-    from tqdm.auto import tqdm
-
     from bnlab import steps, train
 
     workdir = Path(workdir)
     run_ids = tracking.SweepDir(workdir).launch_runs(launch_id)
     before = dict(steps.TRACE_COUNTS)
     pack = pack and (pack_on_cpu or train.packing_pays())
-    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
+    bar = progress_lib.bar(len(run_ids), workdir.name, "run", enabled=progress)
     for group in _groups(workdir, run_ids, pack_size if pack else 1):
         if train.STOP.is_set():  # Ctrl-C between runs
             raise KeyboardInterrupt
@@ -356,7 +355,7 @@ def statuses(workdir: Path, run_ids: list[str]) -> dict[str, int]:
     return counts
 
 
-PARENT_ENV = "BNLAB_SWEEP_PID"
+PARENT_ENV = progress_lib.SWEEP_PARENT_ENV
 
 
 def die_with_parent() -> None:
@@ -377,15 +376,18 @@ def _follow(workdir: Path, run_ids: list[str], working, period_s: float,
             progress: bool) -> None:
     """A progress bar of the launch's runs (done / running / diverged / failed /
     pending counts) while `working()` says the workers are at it."""
-    from tqdm.auto import tqdm
+    bar = progress_lib.bar(len(run_ids), workdir.name, "run", enabled=progress)
 
-    bar = tqdm(total=len(run_ids), unit="run", disable=None if progress else True)
+    def show() -> None:
+        counts = statuses(workdir, run_ids)
+        bar.update(counts["done"] + counts["diverged"] + counts["failed"] - bar.n)
+        bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
+
     try:
         while working():
-            counts = statuses(workdir, run_ids)
-            bar.n = counts["done"] + counts["diverged"] + counts["failed"]
-            bar.set_postfix(counts, refresh=True)
+            show()
             time.sleep(period_s)
+        show()  # as the workers left it
     finally:
         bar.close()
 

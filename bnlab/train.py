@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -22,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from bnlab import config as config_lib
 from bnlab import data, fast, models, norms, optim, parallel, probes, tracking
+from bnlab import progress as progress_lib
 from bnlab.steps import (
     PackedSteps,
     TrainState,
@@ -649,10 +650,14 @@ def _loop(program: _Program, members: list[_Member], start_step: int) -> None:
             m.probe_batches = data.train_batches(run.train_set, config.batch_size,
                                                  m.run.config.seed + 2, False)
     chrono = _Chrono(start_step)
-    packed = f" ×{len(members)} packed" if len(members) > 1 else ""
-    progress = tqdm(total=run.total_steps, initial=start_step, unit="step", leave=False,
-                    desc=f"{config.model}/{config.norm}{packed}", dynamic_ncols=True,
-                    disable=None if jax.process_index() == 0 else True)
+    name = members[0].writer.run_dir.name
+    desc = f"{len(members)} packed runs from {name}" if len(members) > 1 else name
+    # A sweep's worker in a terminal leaves the bar to the sweep (bars of several
+    # workers interleave); in a log it writes its run's lines.
+    in_sweep = bool(os.environ.get(progress_lib.SWEEP_PARENT_ENV))
+    progress = progress_lib.bar(
+        run.total_steps, desc, "step", start_step,
+        enabled=jax.process_index() == 0 and not (in_sweep and progress_lib.mode() == "bar"))
     step = start_step
     try:
         while step < run.total_steps and any(m.result is None for m in members):

@@ -1,0 +1,59 @@
+"""Progress without a terminal: plain lines a log keeps (tqdm turns its bar off
+there, and a run printed nothing for its whole length)."""
+
+import os
+import re
+
+from conftest import bnlab
+from test_sweep import _sweep_file
+
+from bnlab import progress
+
+LINE = re.compile(r"^(?P<desc>.+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+)s \((?P<pct>\d+)%\)"
+                  r"(?P<extra>.*), (?P<rate>\S+) \w+/s, elapsed \S+, left \S+$")
+
+
+def test_lines_count_rate_and_time_left(capsys):
+    shown = progress.Lines(10, "demo", "step", interval=0.0)
+    shown.update(4)
+    shown.set_postfix({"loss": "0.500"})
+    shown.close()  # 4 of 10: cut short, no last line
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(LINE.match(line) for line in lines), lines
+    assert LINE.match(lines[-1])["extra"] == " loss=0.500" and "4/10 steps (40%)" in lines[-1]
+    whole = progress.Lines(3, "demo", "run", interval=3600.0)
+    whole.update(3)  # within the interval: nothing yet
+    assert capsys.readouterr().err == ""
+    whole.close()
+    assert "3/3 runs (100%)" in capsys.readouterr().err
+
+
+def test_a_train_whose_output_is_not_a_terminal_prints_progress_lines(tmp_path):
+    """Captured (as under nohup or Slurm): lines every BNLAB_PROGRESS_SECONDS, the run
+    named, steps of the total, loss and accuracy, rate and time left."""
+    result = bnlab("train", "--config.dataset=synthetic", "--config.num_steps=12",
+                   "--config.log_every=4", "--config.batch_size=16", "--workdir",
+                   tmp_path, env={**os.environ, "BNLAB_PROGRESS_SECONDS": "0"})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if LINE.match(line)]
+    assert len(lines) >= 3, result.stderr
+    last = LINE.match(lines[-1])
+    assert (last["n"], last["total"], last["unit"], last["pct"]) == ("12", "12", "step", "100")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert last["desc"] == run.name and "loss=" in last["extra"]
+
+
+def test_a_sweep_in_a_log_counts_its_runs_and_its_workers_name_theirs(tmp_path):
+    """--jobs 2 into a log: the sweep's lines count runs ended of the total with the
+    states (done, running, pending…), each worker's lines name the run it trains."""
+    workdir = tmp_path / "w"
+    result = bnlab("sweep", _sweep_file(tmp_path, steps=8, rates=(0.01,)), "--workdir",
+                   workdir, "--jobs", "2",
+                   env={**os.environ, "BNLAB_PROGRESS_SECONDS": "0"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    matched = [LINE.match(line) for line in result.stderr.splitlines()]
+    sweep = [m for m in matched if m and m["desc"] == "w"]
+    assert sweep and (sweep[-1]["n"], sweep[-1]["total"], sweep[-1]["unit"]) == ("2", "2", "run")
+    assert any("pending=" in m["extra"] or "running=" in m["extra"] for m in sweep), sweep
+    runs = {m["desc"] for m in matched if m and m["unit"] == "step"}
+    assert runs == {d.name for d in (workdir / "runs").iterdir()}
