@@ -379,8 +379,10 @@ def _follow(workdir: Path, run_ids: list[str], working, period_s: float,
     bar = progress_lib.bar(len(run_ids), workdir.name, "run", enabled=progress)
 
     def show() -> None:
+        # Counted: the runs that ended in a result; a failed one is in the postfix and
+        # keeps the count short, so a sweep with failures ends in its error line.
         counts = statuses(workdir, run_ids)
-        bar.update(counts["done"] + counts["diverged"] + counts["failed"] - bar.n)
+        bar.update(counts["done"] + counts["diverged"] - bar.n)
         bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
 
     try:
