@@ -22,7 +22,7 @@ from bnlab.fast import heap
 from bnlab.tracking import Unfinished, Unwritable
 
 DEFAULT_CONFIG = DEFAULT_CONFIG_FILE
-USAGE = """usage: python -m bnlab <command> [flags]
+USAGE = """usage: python -m bnlab <command> [flags]   (installed: bnlab <command> [flags])
 
 commands:
   train   one run: --config FILE [--config.FIELD=VALUE ...] --workdir DIR

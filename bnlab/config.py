@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from bnlab import resource_dir
 from bnlab.tracking import jsonable  # stdlib only: no JAX, and no import of this module
 
 CPU_FUSIONS = ("auto", "xla", "ynnpack")  # see bnlab/fast/xla_cpu.py
@@ -184,8 +185,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  "masked BN runs on one device without ghost batches")
 
 
-# The default config file every run starts from (configs/default.py).
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "default.py"
+# The default config file every run starts from (configs/default.py; in an installed
+# bnlab, its copy inside the package: `bnlab.resource_dir`).
+DEFAULT_CONFIG_FILE = resource_dir("configs") / "default.py"
 
 
 # How a run was launched or executed, not what it computes: left out of its

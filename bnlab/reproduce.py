@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from bnlab import claims as claims_lib
-from bnlab import report, sweep, tracking
+from bnlab import report, resource_dir, sweep, tracking
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+# experiments/ (in an installed bnlab, its copy inside the package: `bnlab.resource_dir`).
+EXPERIMENTS_DIR = resource_dir("experiments")
 
 
 def experiments_for(claims: tuple[claims_lib.Claim, ...]) -> list[str]:

@@ -465,7 +465,8 @@ def run_slurm(workdir: Path, launch_id: str, jobs: int, slurm: dict[str, Any],
     executor = submitit.AutoExecutor(folder=str(workdir / "slurm" / "%j"), cluster="slurm")
     parameters = {"name": f"bnlab-{launch_id}", "timeout_min": slurm.get("time_min", 1440),
                   "cpus_per_task": slurm.get("cpus", 2), "slurm_array_parallelism": jobs,
-                  # Jobs import bnlab from this checkout, wherever they start.
+                  # Jobs import bnlab from where this one came from (a checkout or an
+                  # install's site-packages), wherever they start.
                   "slurm_setup": [f"export PYTHONPATH={root}:${{PYTHONPATH:-}}"]}
     if slurm.get("gpus"):
         parameters["gpus_per_node"] = slurm["gpus"]

@@ -239,7 +239,11 @@ def environment() -> dict[str, Any]:
 def git_commit() -> str | None:
     """The commit of this bnlab checkout ("+dirty" where bnlab/ or configs/ have
     changes), or None outside a git checkout."""
+    from bnlab import resource_dir  # bnlab's __init__: stdlib only
+
     root = Path(__file__).resolve().parent.parent
+    if resource_dir("configs") != root / "configs":  # installed (`pip install .`): no checkout
+        return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)
