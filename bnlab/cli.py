@@ -602,7 +602,10 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-        print(USAGE)
+        try:
+            print(USAGE, flush=True)
+        except BrokenPipeError:  # `bnlab --help | head`
+            _reader_gone()
         return 0 if len(argv) >= 2 else 2
     command = argv[1]
     if command not in COMMANDS:
@@ -634,6 +637,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.first()}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `bnlab ls DIR | head`: the reader has what it wanted
-        with open(os.devnull, "w") as devnull:  # Python's own flush at exit writes there
-            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        _reader_gone()
         return 0
+
+
+def _reader_gone() -> None:
+    """stdout's reader has left: Python's own flush at exit writes to /dev/null."""
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), sys.stdout.fileno())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 from typing import Any
 
 import jax
@@ -182,6 +183,11 @@ def layout_from_config(config) -> Layout:
     if not 1 <= num_devices <= available:
         raise ConfigError("num_devices", num_devices,
                           f"must be between 1 and the {available} devices here")
+    if num_devices == 1:
+        _warn_once(f"warning: parallel={config.parallel} on 1 device: each BN statistic "
+                   f"spans the whole batch of {config.batch_size}, not a device's share "
+                   f"(on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 "
+                   f"simulates 8 devices)")
     if config.batch_size % num_devices:
         raise ConfigError("batch_size", config.batch_size,
                           f"must divide over the {num_devices} devices")
@@ -202,6 +208,17 @@ def layout_from_config(config) -> Layout:
         raise ConfigError("bn_sync", config.bn_sync,
                           "allowed: global, local, or a group size k (e.g. 2)")
     return Layout(config.parallel, num_devices, sync_size)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning line on stderr, once per process (a sweep checks each shape, then
+    each run prepares: the same layout many times)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def norm_batch_size(config, layout: Layout) -> int:

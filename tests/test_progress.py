@@ -3,8 +3,10 @@ there, and a run printed nothing for its whole length)."""
 
 import os
 import re
+import subprocess
+import sys
 
-from conftest import bnlab
+from conftest import ROOT, bnlab
 from test_sweep import _sweep_file
 
 from bnlab import progress
@@ -57,3 +59,26 @@ def test_a_sweep_in_a_log_counts_its_runs_and_its_workers_name_theirs(tmp_path):
     assert any("pending=" in m["extra"] or "running=" in m["extra"] for m in sweep), sweep
     runs = {m["desc"] for m in matched if m and m["unit"] == "step"}
     assert runs == {d.name for d in (workdir / "runs").iterdir()}
+
+
+def test_a_multi_device_option_on_one_device_says_what_it_means(tmp_path):
+    """The README's shard_map example on a one-device machine ran a norm batch of the
+    whole batch without a word: it now says so once, and trains."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+    result = bnlab("train", "--config.dataset=synthetic", "--config.num_steps=2",
+                   "--config.batch_size=16", "--config.parallel=shard_map", "--workdir",
+                   tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: parallel=shard_map on 1 device: each BN statistic spans "
+                        "the whole batch of 16, not a device's share (on a CPU, XLA_FLAGS="
+                        "--xla_force_host_platform_device_count=8 simulates 8 devices)"]
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    """`bnlab --help | head`: the reader gone before the help is printed (`true` reads
+    nothing) was a BrokenPipeError traceback."""
+    done = subprocess.run(f"{sys.executable} -m bnlab --help | true; "
+                          "echo ${PIPESTATUS[0]}", shell=True, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, executable="/bin/bash")
+    assert done.stderr == "" and done.stdout == "0\n", done.stderr
