@@ -657,7 +657,7 @@ class RunWriter:
         # Open for the run's life, a line per log; closed by finish() or fail().
         self._metrics = _AppendFile(self.run_dir / METRICS)
         self._events = _EventWriter(self.run_dir)
-        self._events.hparams(hparams, trial_id=self.run_dir.name)
+        self._events.hparams(hparams)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:
@@ -671,6 +671,7 @@ class RunWriter:
         if not self.active:
             return
         assert status in ("done", "diverged"), status
+        self._events.session_end(status)
         self._close()
         self._status.update(status=status, finished=_now(), **details)
         write_json_atomic(self.run_dir / STATUS, self._status)
@@ -682,6 +683,10 @@ class RunWriter:
         the disk refuses this write too, it gives up quietly and `error` goes on."""
         if not self.active:
             return
+        if self._events is not None:
+            with contextlib.suppress(Unwritable):
+                self._events.session_end("interrupted" if isinstance(error, KeyboardInterrupt)
+                                         else "failed")
         self._close()
         if isinstance(error, KeyboardInterrupt):
             self._status.update(status="interrupted", finished=_now())
@@ -742,13 +747,47 @@ class _EventWriter:
         # the _AppendFile: a refused write leaves no part of a record.
         self._writer.write(event.SerializeToString())
 
-    def hparams(self, hparams: dict[str, Any], trial_id: str) -> None:
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.plugins.hparams import summary_v2
+    def hparams(self, hparams: dict[str, Any]) -> None:
+        """The run's HParams session, its group named by every value but the seed (so
+        TensorBoard's HParams view groups a config's seeds; the run id it had named
+        each run alone)."""
+        from tensorboard.plugins.hparams import plugin_data_pb2
 
         values = {k: (v if isinstance(v, bool | int | float | str) else json.dumps(v))
                   for k, v in hparams.items() if v is not None}
-        summary = summary_v2.hparams_pb(values, trial_id=trial_id, start_time_secs=time.time())
+        group = hashlib.sha256(json.dumps({k: v for k, v in values.items() if k != "seed"},
+                                          sort_keys=True).encode()).hexdigest()[:16]
+        start = plugin_data_pb2.SessionStartInfo(group_name=group,
+                                                 start_time_secs=time.time())
+        for name, value in sorted(values.items()):
+            if isinstance(value, bool):
+                start.hparams[name].bool_value = value
+            elif isinstance(value, int | float):
+                start.hparams[name].number_value = value
+            else:
+                start.hparams[name].string_value = value
+        # TensorBoard names each session by its folder: the run's directory.
+        self._session(plugin_data_pb2.HParamsPluginData(session_start_info=start),
+                      "_hparams_/session_start_info")
+
+    def session_end(self, status: str) -> None:
+        """How the run ended, for the HParams view's status filter: done is a success,
+        diverged and failed a failure, interrupted unknown (a relaunch resumes it)."""
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+        code = {"done": api_pb2.STATUS_SUCCESS, "diverged": api_pb2.STATUS_FAILURE,
+                "failed": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+        end = plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time())
+        self._session(plugin_data_pb2.HParamsPluginData(session_end_info=end),
+                      "_hparams_/session_end_info")
+
+    def _session(self, data, tag: str) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.hparams import metadata
+
+        summary = summary_pb2.Summary()
+        summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data),
+                          tensor=metadata.NULL_TENSOR)
         self._write(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

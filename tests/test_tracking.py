@@ -11,7 +11,7 @@ import ml_collections
 import pytest
 from conftest import BNLAB, ROOT
 from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from bnlab import tracking, train
 
@@ -36,6 +36,37 @@ def test_tensorboard_reads_the_scalars_and_hparams(synthetic_config, tmp_path):
     assert start.hparams["learning_rate"].number_value == pytest.approx(0.05)
     assert start.hparams["norm_batch_size"].number_value == 1
     assert start.hparams["sgd_batch_size"].number_value == 32
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_end_info"]).session_end_info
+    assert end.status == api_pb2.STATUS_SUCCESS
+
+
+def _session(run_dir):
+    accumulator = event_accumulator.EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")
+    data = {tag: plugin_data_pb2.HParamsPluginData.FromString(value)
+            for tag, value in content.items()}
+    return (data["_hparams_/session_start_info"].session_start_info,
+            data["_hparams_/session_end_info"].session_end_info)
+
+
+def test_tensorboard_groups_a_configs_seeds_and_knows_how_each_run_ended(synthetic_config,
+                                                                          tmp_path):
+    """HParams' group_name was the run id (each run its own group) and no session
+    ended (every run STATUS_UNKNOWN): seeds now share a group, another learning rate
+    does not, and a diverged run is a failure."""
+    for name, update in (("a", {"seed": 0}), ("b", {"seed": 1}),
+                         ("c", {"seed": 0, "learning_rate": 0.01}),
+                         ("d", {"seed": 0, "learning_rate": 1e6, "momentum": 0.0})):
+        config = synthetic_config.copy_and_resolve_references()
+        config.update(update)
+        train.train_and_evaluate(config, str(tmp_path / name))
+    (a, a_end), (b, _), (c, _), (_, d_end) = (_session(tmp_path / n) for n in "abcd")
+    assert a.group_name == b.group_name != c.group_name
+    assert a_end.status == api_pb2.STATUS_SUCCESS
+    assert tracking.read_json(tmp_path / "d" / "summary.json")["status"] == "diverged"
+    assert d_end.status == api_pb2.STATUS_FAILURE
 
 
 def test_run_directory_files(synthetic_config, tmp_path):
