@@ -33,7 +33,8 @@ commands:
           FILE has get_config() and get_sweep();
           a relaunch skips finished runs and restarts interrupted ones
   ls      the status table of a tracking directory: ls DIR [--format table|csv|parquet]
-          [--out FILE] (csv/parquet: every run's config and summary, one row each)
+          [--out FILE] [--where FIELD=VALUE ...] (the table: a column per field that
+          varies, sorted by them; csv/parquet: every run's config and summary)
   reproduce  the article's claims end to end: --scale smoke|quick|full --workdir DIR
           [--claims C1,C5] [--jobs N] [--config.FIELD=VALUE ...]; runs the experiments
           (resumable) and writes DIR/report.md, DIR/claims.json and a figure per claim
@@ -376,6 +377,30 @@ def worker_command(argv: list[str]) -> int:
     return 0
 
 
+# Fields that never tell runs apart as results (where and how they ran and logged).
+_LS_HIDDEN = {"data_dir", "coordinator_address", "num_processes", "process_id",
+              "steps_per_call", "cpu_fusion", "log_every", "eval_every", "checkpoint_every",
+              "eval_batch_size"}
+
+
+def _varied_fields(configs: list[dict]) -> list[str]:
+    """The config fields whose values differ across the runs, in config order."""
+    fields = list(dict.fromkeys(field for config in configs for field in config))
+    return [f for f in fields if f not in _LS_HIDDEN
+            and len({repr(config.get(f)) for config in configs}) > 1]
+
+
+def _cell(value) -> str:
+    return "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+
+
+def _sort_key(text: str) -> tuple:
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
 def ls_command(argv: list[str]) -> int:
     """The status table of a tracking directory, or every run's config and summary
     as CSV (to stdout or --out) or Parquet (--out)."""
@@ -383,24 +408,31 @@ def ls_command(argv: list[str]) -> int:
 
     if _wants_help(argv):
         raise _help("ls")
-    args, options = [], {"--format": "table", "--out": None}
+    args, options, where = [], {"--format": "table", "--out": None}, []
     rest = list(argv[1:])
     while rest:
         arg = rest.pop(0)
         name, _, value = arg.partition("=")
-        if name in options:
+        if name in (*options, "--where"):
             if not value:
                 if not rest:
                     raise UsageError(f"{name} needs a value")
                 value = rest.pop(0)
-            options[name] = value
+            if name == "--where":
+                field, equal, wanted = value.partition("=")
+                if not equal or not field:
+                    raise UsageError(f"--where {value}: use FIELD=VALUE, e.g. norm=bn")
+                where.append((field, wanted))
+            else:
+                options[name] = value
         elif arg.startswith("-"):
-            raise UsageError(f"unknown flag {arg}; ls takes --format table|csv|parquet, --out")
+            raise UsageError(f"unknown flag {arg}; ls takes --format table|csv|parquet, --out, "
+                             "--where FIELD=VALUE")
         else:
             args.append(arg)
     if len(args) != 1:
         raise UsageError("usage: python -m bnlab ls DIR [--format table|csv|parquet] "
-                         "[--out FILE]")
+                         "[--out FILE] [--where FIELD=VALUE ...]")
     folder, fmt, out = Path(args[0]), options["--format"], options["--out"]
     if fmt not in ("table", "csv", "parquet"):
         raise UsageError(f"unknown --format {fmt!r}; allowed: table, csv, parquet")
@@ -433,17 +465,40 @@ def ls_command(argv: list[str]) -> int:
     run_dirs = tracking.find_runs(folder)
     if not run_dirs:
         raise UsageError(f"no runs under {folder}")
-    columns = ("run", "status", "step", "test_acc", "sgd", "nb", "wall_s")
+    configs = [run_dir.config() for run_dir in run_dirs]
+    for field, wanted in where:
+        if not any(field in c for c in configs):
+            raise UsageError(f"--where {field}={wanted}: no run has a field {field!r}")
+        kept = [i for i, c in enumerate(configs) if str(c.get(field)) == wanted]
+        run_dirs, configs = [run_dirs[i] for i in kept], [configs[i] for i in kept]
+    if not run_dirs:
+        print("no runs match " + " ".join(f"{f}={v}" for f, v in where), file=sys.stderr)
+        return 0
+    varied = _varied_fields(configs)
+    failed = any(run_dir.state() == "failed" for run_dir in run_dirs)
+    columns = ("run", "status", "step", "test_acc", "sgd", "nb", "wall_s", *varied,
+               *(("error",) if failed else ()))
     rows = []
-    for run_dir in run_dirs:
+    for run_dir, config in zip(run_dirs, configs, strict=True):
         summary = run_dir.summary()
         state = run_dir.state()
         if state == "done" and summary.get("collapsed"):
             state = "collapsed"  # done, and tests at chance (summary.json's `collapsed`)
-        rows.append((str(run_dir.path.relative_to(folder)), state,
-                     summary.get("step", ""), _number(summary.get("test_accuracy"), ".4f"),
+        step = summary.get("step", "")
+        if state == "running":  # how far it is: its last metrics row
+            rows_so_far = run_dir.metrics()
+            step = f"{rows_so_far[-1]['step']}…" if rows_so_far else ""
+        error = run_dir.status().get("error", "") if state == "failed" else ""
+        rows.append((str(run_dir.path.relative_to(folder)), state, step,
+                     _number(summary.get("test_accuracy"), ".4f"),
                      summary.get("sgd_batch_size", ""), summary.get("norm_batch_size", ""),
-                     _number(summary.get("wall_time_s"), ".1f")))
+                     _number(summary.get("wall_time_s"), ".1f"),
+                     *(_cell(config.get(field)) for field in varied),
+                     *((error.strip().splitlines()[-1][:80] if error.strip() else "",)
+                       if failed else ())))
+    # By the values of the fields that vary (numbers as numbers: batch 4 before 32).
+    order = [columns.index(field) for field in varied]
+    rows.sort(key=lambda row: [_sort_key(row[i]) for i in order] + [row[0]])
     widths = [max(len(str(x)) for x in column) for column in zip(columns, *rows, strict=True)]
     for row in (columns, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())

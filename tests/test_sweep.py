@@ -182,7 +182,9 @@ def test_ls_prints_the_status_table(cli, synthetic_config, tmp_path):
     result = cli("ls", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split() == ["run", "status", "step", "test_acc", "sgd", "nb", "wall_s"]
+    # A column for each field that varies across the runs (here the norm).
+    assert lines[0].split() == ["run", "status", "step", "test_acc", "sgd", "nb", "wall_s",
+                                "norm"]
     table = {line.split()[0]: line.split() for line in lines[1:]}
     first = tracking.SweepDir(tmp_path).run(runs[0].run_id).summary()
     # Three steps on synthetic data test at chance: listed as collapsed, not done.

@@ -1,8 +1,11 @@
-"""Progress without a terminal: plain lines a log keeps (tqdm turns its bar off
-there, and a run printed nothing for its whole length)."""
+"""What a researcher meets daily (issue 20): progress without a terminal (plain lines
+a log keeps: tqdm turned its bar off there, and a run printed nothing for its whole
+length), `ls` that shows what varies, a word where a multi-device option means less
+than it says, help into a closed pipe."""
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -82,3 +85,37 @@ def test_help_into_a_closed_pipe_ends_quietly():
                           "echo ${PIPESTATUS[0]}", shell=True, cwd=ROOT,
                           capture_output=True, text=True, timeout=120, executable="/bin/bash")
     assert done.stderr == "" and done.stdout == "0\n", done.stderr
+
+
+def test_ls_shows_what_varies_sorted_by_value_how_far_a_run_is_and_why_one_failed(cli,
+                                                                                   tmp_path):
+    """`ls` named runs by their id only, sorted as text (batch 32 before 4), with an
+    empty step for a running run and no word of a failure. Runs written as a sweep
+    writes them, without training."""
+    from bnlab import tracking
+
+    for batch, state in ((32, "done"), (4, "running"), (16, "failed")):
+        run = tracking.RunDir(tmp_path / "runs" / f"r{batch}")
+        run.write_pending({"norm": "bn", "batch_size": batch, "seed": 0})
+        status = {"status": state}
+        if state == "failed":
+            status["error"] = "Traceback ...\nValueError: config.num_groups=3: no"
+        tracking.write_json_atomic(run.path / tracking.STATUS, status)
+        if state == "done":
+            tracking.write_json_atomic(run.path / tracking.SUMMARY,
+                                       {"status": "done", "step": 10, "test_accuracy": 0.5})
+        if state == "running":
+            (run.path / tracking.METRICS).write_text('{"step": 7, "train_loss": 1.0}\n')
+            tracking.write_json_atomic(run.path / tracking.CLAIM,  # held by this process
+                                       {"pid": os.getpid(), "host": socket.gethostname()})
+    result = cli("ls", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[-2:] == ["batch_size", "error"]
+    rows = [line.split()[:3] for line in lines[1:]]
+    assert [row[0] for row in rows] == ["runs/r4", "runs/r16", "runs/r32"]  # by value
+    assert rows[0][1:] == ["running", "7…"]  # its last metrics row
+    assert "ValueError: config.num_groups=3: no" in lines[2]
+    only = cli("ls", str(tmp_path), "--where", "batch_size=16").stdout.splitlines()
+    assert len(only) == 2 and only[1].startswith("runs/r16")
+    assert "no run has a field 'nrom'" in cli("ls", str(tmp_path), "--where=nrom=bn").stderr
