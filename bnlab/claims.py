@@ -218,11 +218,16 @@ MARGINS: dict[str, Margin] = {
     "C9": Margin(0.02, "largest accuracy shortfall of GN over the regimes",
                  "the GN paper: GN within 0.5 point of BN at batch 32 and 10 points better "
                  "at batch 2; 2 points is the most that still 'works'", below=True),
-    # Added 2026-12-05, before its runs.
+    # Added 2026-12-05, before their runs (C13 and C14; C5's ghost-batch setting too).
     "C14": Margin(1.25, "less time to the target (no norm's ÷ BN's)", "as C1's: a 25% "
                   "saving of time is the least a practitioner would call faster; BN's own "
                   "cost per step (its statistics, an extra pass) counts against it here",
                   log=True),
+    "C13": Margin(0.05, "test accuracy of a deep plain net (BN − no norm)", "He et al. 2016 "
+                  "train 18- to 34-layer plain nets with BN to within points of each other, "
+                  "and a net that does not train stays at chance (10% here); 5 points is "
+                  "well above a trained net's spread over seeds and far below that "
+                  "difference"),
     "C10": Margin(1.25, "reduction of internal covariate shift (no norm's ÷ BN's)",
                   "Santurkar et al. 2018 find BN's ICS similar or larger; a 25% reduction is "
                   "the least that 'works by reducing ICS' could rest on", log=True),
@@ -312,7 +317,8 @@ def _small_batch(runs: pd.DataFrame) -> Verdict:
     excess = paired([(1, accuracy("bn", large)), (-1, accuracy("bn", small)),
                      (-1, accuracy("gn", large)), (1, accuracy("gn", small))])
     model = runs["model"].iloc[0] if "model" in runs else None
-    details = {"model": model, "small_batch": int(small), "large_batch": int(large),
+    details = {"setting": model, "model": model,
+               "small_batch": int(small), "large_batch": int(large),
                "drop": {norm: drop(norm).jsonable() for norm in sorted(set(runs["norm"]))
                         if norm != "none"}}
     # BN's train/test discrepancy (Wu & Johnson 2021): the same BN runs tested with
@@ -346,37 +352,125 @@ def _small_batch(runs: pd.DataFrame) -> Verdict:
     return Verdict("C5", verdict, effect, excess, details, runs, reason=reason)
 
 
+def _ghost_batch(bn: pd.DataFrame, gn: pd.DataFrame) -> Verdict:
+    """C5 with the normalization batch apart from the SGD batch: BN runs of one model
+    at one SGD batch and rate with ghost batches (`virtual_batch_size`; none = the
+    whole batch). Only BN's statistics change with the ghost batch; GN's never
+    depend on the batch, so its drop is 0 by construction and the excess over GN's
+    is BN's own drop. `gn`: GN runs at the same SGD batch and rate (details only)."""
+    sgd = int(bn["batch_size"].iloc[0])
+    ghost = pd.to_numeric(bn["virtual_batch_size"], errors="coerce").fillna(sgd).astype(int)
+    small = int(ghost.min())
+
+    def accuracy(size):
+        return _by_seed(bn[ghost == size], "test_accuracy")
+
+    drop = paired([(1, accuracy(sgd)), (-1, accuracy(small))])
+    model = bn["model"].iloc[0] if "model" in bn else None
+    setting = f"{model}, ghost batches at SGD batch {sgd}" if model else "ghost batches"
+    details = {"setting": setting, "model": model, "sgd_batch": sgd,
+               "small_batch": small, "large_batch": sgd,
+               "bn_test_accuracy_by_normalization_batch": {
+                   str(size): float(np.mean(list(accuracy(size).values())))
+                   for size in sorted(set(ghost))},
+               "drop": {"bn": drop.jsonable(),
+                        "gn": "0 by construction: GN's statistics do not depend on the batch"}}
+    if len(gn):
+        details["gn_test_accuracy"] = float(np.mean(list(_by_seed(gn, "test_accuracy")
+                                                         .values())))
+    effect = (f"BN's accuracy drop from normalization batch {sgd} to {small} at SGD batch "
+              f"{sgd} and one rate (ghost batches{f', {model}' if model else ''}); GN's is 0")
+    verdict = decide(drop, MARGINS["C5"].judged)
+    details["bn_degrades"] = details["bn_degrades_more_than_gn"] = verdict
+    return Verdict("C5", verdict, effect, drop, details, pd.concat([bn, gn]))
+
+
+def _ghost_settings(runs: pd.DataFrame) -> list[Verdict]:
+    """Each group of BN runs that differ only in their ghost batch (one at least set),
+    judged by `_ghost_batch` with the GN runs of its model, SGD batch and rate."""
+    if "virtual_batch_size" not in runs:
+        return []
+    bn = runs[runs["norm"] == "bn"]
+    out = []
+    for group in _comparable(bn, ("virtual_batch_size",)):
+        sizes = pd.to_numeric(group["virtual_batch_size"], errors="coerce")
+        if sizes.notna().any() and sizes.fillna(0).nunique() >= 2:
+            same = runs[(runs["norm"] == "gn")
+                        & (runs["batch_size"] == group["batch_size"].iloc[0])
+                        & (runs["learning_rate"] == group["learning_rate"].iloc[0])]
+            if "model" in runs:
+                same = same[same["model"] == group["model"].iloc[0]]
+            out.append(_ghost_batch(group, same))
+    return out
+
+
 def small_batch_rule(runs: pd.DataFrame) -> Verdict:
-    """C5: BN's test accuracy drops from the largest batch to the smallest, and by
-    more than GN's (the Group Norm paper's Figure 1). Effect: BN's drop minus GN's,
-    per seed (the four runs of a seed share its data order). SUPPORTED when both
-    BN's own drop and that excess lie above `MARGINS["C5"]`, NOT SUPPORTED when
-    either lies below it. Judged on each model the runs have; the
-    verdict is the largest group's (the article's conv net in `batch_size.py`), the
-    others' are in `details["other_settings"]`, and every norm's own drop in
+    """C5: BN's test accuracy drops at small batch, and by more than GN's (the Group
+    Norm paper's Figure 1). Decided, where the runs have them, on ghost batches
+    (`_ghost_batch`): the normalization batch made small at a fixed SGD batch and
+    rate, on a network whose statistics then average few values (the MLP: 2 values
+    at normalization batch 2), so BN's statistics are not confounded with gradient
+    noise, the regime where the GN paper finds the effect. Beside it, in
+    `details["other_settings"]`, each model with the normalization batch equal to
+    the SGD batch (the article's setting, the rate scaled with the batch): BN's drop
+    from the largest batch to the smallest minus GN's, per seed (the four runs of a
+    seed share its data order); SUPPORTED when both BN's own drop and that excess
+    lie above `MARGINS["C5"]`, NOT SUPPORTED when either lies below it. Without
+    ghost batches the largest such group decides. Every norm's own drop is in
     `details["drop"]`."""
-    candidates = [g for g in _comparable(_finished(runs), ("batch_size", "learning_rate"))
+    finished = _finished(runs)
+    plain = finished
+    if "virtual_batch_size" in finished:
+        plain = finished[pd.to_numeric(finished["virtual_batch_size"], errors="coerce").isna()]
+    candidates = [g for g in _comparable(plain, ("batch_size", "learning_rate"))
                   if {"bn", "gn"} <= set(g["norm"]) and g["batch_size"].nunique() >= 2]
-    if not candidates:
-        return _not_measured("C5", "needs bn and gn runs at two batch sizes or more")
-    verdicts = [_small_batch(group) for group in candidates]
+    verdicts = _ghost_settings(finished) + [_small_batch(group) for group in candidates]
+    if not verdicts:
+        return _not_measured("C5", "needs bn and gn runs at two batch sizes or more, or bn "
+                             "runs with ghost batches")
     first = verdicts[0]
     first.details["other_settings"] = [
-        {"setting": v.details["model"], "verdict": v.verdict, "effect": v.effect,
+        {"setting": v.details["setting"], "verdict": v.verdict, "effect": v.effect,
          "estimate": v.estimate.jsonable(), **v.details} for v in verdicts[1:]]
-    first.runs = pd.concat([v.runs for v in verdicts])
+    first.runs = pd.concat([v.runs for v in verdicts]).drop_duplicates("path")
     return first
 
 
 def _small_batch_figure(verdict: Verdict, fig: Figure) -> None:
-    """Test accuracy against the batch size, a panel per model, without no norm."""
+    """Test accuracy against the batch size, a panel per model (normalization batch =
+    SGD batch, without no norm), and a panel per ghost-batch setting: BN against its
+    normalization batch at a fixed SGD batch, GN's accuracy there as a line."""
     runs = verdict.runs
-    models = list(dict.fromkeys(runs["model"])) if "model" in runs else [None]
-    for ax, model in zip(_panels(fig, len(models)), models, strict=True):
-        group = runs if model is None else runs[runs["model"] == model]
-        analysis.plot_vs_batch_size(group[group["norm"] != "none"], ax=ax)
-        ax.set_title(f"{model}" if model else "")
-    fig.suptitle(f"{_title(verdict)} (normalization batch = SGD batch)")
+    ghost = (pd.to_numeric(runs["virtual_batch_size"], errors="coerce")
+             if "virtual_batch_size" in runs else pd.Series(np.nan, index=runs.index))
+    settings = [v for v in [verdict.details, *verdict.details.get("other_settings", [])]
+                if "sgd_batch" in v]
+    plain = runs[ghost.isna() & (runs["norm"] != "none")]
+    models = list(dict.fromkeys(plain["model"])) if "model" in plain else [None]
+    axes = _panels(fig, len(settings) + len(models))
+    for ax, setting in zip(axes, settings, strict=False):
+        sizes = setting["bn_test_accuracy_by_normalization_batch"]
+        bn = runs[(runs["norm"] == "bn") & (runs["batch_size"] == setting["sgd_batch"])]
+        if setting.get("model") and "model" in runs:
+            bn = bn[bn["model"] == setting["model"]]
+        norm_batch = ghost[bn.index].fillna(setting["sgd_batch"])
+        ax.scatter(norm_batch, pd.to_numeric(bn["test_accuracy"]), color="C0", s=12,
+                   alpha=0.6, label="BN, each seed")
+        ax.plot([int(k) for k in sizes], list(sizes.values()), "o-", color="C0",
+                label="BN, mean over seeds")
+        if "gn_test_accuracy" in setting:
+            ax.axhline(setting["gn_test_accuracy"], color="C1", ls="--",
+                       label="GN (no batch dependence), mean")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"normalization batch (ghost batch; SGD batch {setting['sgd_batch']})")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(setting["setting"])
+        ax.legend(fontsize=8)
+    for ax, model in zip(axes[len(settings):], models, strict=True):
+        group = plain if model is None else plain[plain["model"] == model]
+        analysis.plot_vs_batch_size(group, ax=ax)
+        ax.set_title(f"{model}: normalization batch = SGD batch" if model else "")
+    fig.suptitle(_title(verdict))
 
 
 # A run trains at a rate when it neither diverged nor collapsed and its test accuracy
@@ -605,40 +699,197 @@ def _gradient_spread(run_path: str) -> float:
     return float(np.median(spreads)) if spreads else math.nan
 
 
-def gradient_rule(runs: pd.DataFrame) -> Verdict:
-    """C4: BN keeps gradient norms even across depth. Effect: the typical spread of
-    the weight layers' gradient norms over training (decades, `_gradient_spread`),
-    no norm's minus BN's, means over seeds, for runs that logged `log_grad_norms`."""
-    candidates = [g for g in _comparable(_finished(runs), ()) if {"bn", "none"} <= set(g["norm"])
-                  and np.isfinite([_gradient_spread(p) for p in g["path"][:1]]).all()]
-    if not candidates:
-        return _not_measured("C4", "needs bn and none runs with log_grad_norms=True, "
-                             "all else equal")
-    runs = candidates[0]
+def _at_initialization(runs: pd.DataFrame) -> pd.Series:
+    """Which runs probe the gradients at initialization: a run of one step logs that
+    step's gradients, taken at the initial weights."""
+    if "num_steps" not in runs:
+        return pd.Series(False, index=runs.index)
+    return pd.to_numeric(runs["num_steps"], errors="coerce") == 1
+
+
+def _spread_estimate(group: pd.DataFrame) -> tuple[Estimate, dict[str, Any]]:
+    """No norm's gradient-norm spread minus BN's, paired per seed, and the details."""
     by_seed = {norm: {seed: _gradient_spread(path) for seed, path in
-                      runs.loc[runs["norm"] == norm, ["seed", "path"]].itertuples(index=False)}
+                      group.loc[group["norm"] == norm, ["seed", "path"]].itertuples(index=False)}
                for norm in ("bn", "none")}
     spreads = {n: np.array([v for v in values.values() if np.isfinite(v)])
                for n, values in by_seed.items()}
-    if min(len(v) for v in spreads.values()) == 0:
-        return _not_measured("C4", "needs bn and none runs with log_grad_norms=True")
     estimate = paired([(1, by_seed["none"]), (-1, by_seed["bn"])])
-    details = {"mean_spread_decades": {n: float(v.mean()) for n, v in spreads.items()},
-               "runs": {n: len(v) for n, v in spreads.items()},
-               "test_accuracy": {n: float(np.nanmean(_values(runs[runs["norm"] == n],
-                                                             "test_accuracy")))
-                                 for n in ("bn", "none")}}
-    effect = "gradient-norm spread across layers (decades), no norm's minus BN's"
-    return Verdict("C4", decide(estimate, MARGINS["C4"].judged), effect, estimate, details,
-                   runs)
+    details = {"mean_spread_decades": {n: float(v.mean()) if len(v) else math.nan
+                                       for n, v in spreads.items()},
+               "runs": {n: len(v) for n, v in spreads.items()}}
+    return estimate, details
+
+
+def _spread_groups(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    return [g for g in _comparable(runs, ()) if {"bn", "none"} <= set(g["norm"])
+            and np.isfinite([_gradient_spread(p) for p in g["path"][:1]]).all()]
+
+
+def gradient_rule(runs: pd.DataFrame) -> Verdict:
+    """C4: BN keeps gradient norms even across depth. Effect: the typical spread of
+    the weight layers' gradient norms (decades, `_gradient_spread`), no norm's minus
+    BN's, paired per seed, for runs that logged `log_grad_norms`: over training (the
+    largest group of bn and none runs all else equal), and at initialization (runs
+    of one step) at the deepest depth probed, where mean-field theory predicts BN's
+    gradients to explode towards the input (Yang et al. 2019). Two claims in one, as
+    the claim says "relieves" without a when: SUPPORTED needs both, NOT SUPPORTED
+    either; without initialization probes, training decides alone. Every depth
+    probed at initialization is in `details["other_settings"]`."""
+    finished = _finished(runs)
+    init = _at_initialization(finished)
+    trained, probes = _spread_groups(finished[~init]), _spread_groups(finished[init])
+    if not trained:
+        return _not_measured("C4", "needs bn and none runs with log_grad_norms=True, "
+                             "all else equal")
+    group = trained[0]
+    estimate, details = _spread_estimate(group)
+    if min(details["runs"].values()) == 0:
+        return _not_measured("C4", "needs bn and none runs with log_grad_norms=True")
+    margin = MARGINS["C4"].judged
+    during = decide(estimate, margin)
+    details["test_accuracy"] = {n: float(np.nanmean(_values(group[group["norm"] == n],
+                                                            "test_accuracy")))
+                                for n in ("bn", "none")}
+    details["during_training"] = during
+    verdict, reason, used = during, "", [group]
+    if probes:
+        by_depth = {}
+        for probe in probes:
+            depth = int(probe["depth"].iloc[0]) if "depth" in probe else 0
+            if depth not in by_depth or len(probe) > len(by_depth[depth]):
+                by_depth[depth] = probe
+        deepest = max(by_depth)
+        others = []
+        for depth in sorted(by_depth):
+            at, more = _spread_estimate(by_depth[depth])
+            others.append({"setting": f"at initialization, depth {depth}",
+                           "verdict": decide(at, margin), "estimate": at.jsonable(), **more})
+        at_init = others[sorted(by_depth).index(deepest)]["verdict"]
+        details["at_initialization"] = {"depth": deepest, "verdict": at_init}
+        details["other_settings"] = others
+        used += list(by_depth.values())
+        if NOT_SUPPORTED in (during, at_init):
+            verdict = NOT_SUPPORTED
+        elif during == at_init == SUPPORTED:
+            verdict = SUPPORTED
+        else:
+            verdict = INCONCLUSIVE
+        if during != at_init:
+            reason = (f"during training it says {during}, at initialization (depth {deepest}) "
+                      f"{at_init}: SUPPORTED needs both, NOT SUPPORTED either")
+    depth = f", depth {int(group['depth'].iloc[0])}" if "depth" in group else ""
+    effect = ("gradient-norm spread across layers (decades), no norm's minus BN's, over "
+              f"training{depth}")
+    return Verdict("C4", verdict, effect, estimate, details, pd.concat(used), reason=reason)
 
 
 def _gradient_figure(verdict: Verdict, fig: Figure) -> None:
-    """Each weight layer's gradient norm at the last log, input side first."""
+    """Each weight layer's gradient norm, input side first: at the last log of
+    training, and at initialization at the deepest depth probed."""
+    runs = verdict.runs
+    init = _at_initialization(runs)
+    panels = [("over training: last log", runs[~init])]
+    if init.any():
+        depth = verdict.details["at_initialization"]["depth"]
+        probes = runs[init]
+        if "depth" in probes:
+            probes = probes[probes["depth"] == depth]
+        panels.append((f"at initialization, depth {depth}", probes))
+    for ax, (title, group) in zip(_panels(fig, len(panels)), panels, strict=True):
+        curves = pd.concat([analysis.load_curves(p) for p in group["path"]])
+        analysis.plot_grad_norms(curves, ax=ax, layers="Conv|Dense")
+        ax.set_title(title)
+    fig.suptitle(_title(verdict))
+
+
+def _cross_fitted(by_rate: dict[float, dict[Any, float]]) -> tuple[dict[Any, float],
+                                                                     dict[str, float]]:
+    """{seed: its value at the rate chosen on the other seeds} from {rate: {seed:
+    value}}: the rate of the best mean over the other seeds, so the seed scored did
+    not help pick it (the best rate per seed would favour the arm with more rates).
+    Also {seed: the rate chosen}. One rate: every seed's own value."""
+    seeds = sorted(set.intersection(*(set(v) for v in by_rate.values())))
+    values, chosen = {}, {}
+    for seed in seeds:
+        others = [s for s in seeds if s != seed] or [seed]
+        rate = max(by_rate, key=lambda r: np.mean([by_rate[r][s] for s in others]))
+        values[seed], chosen[str(seed)] = by_rate[rate][seed], rate
+    return values, chosen
+
+
+def depth_rule(runs: pd.DataFrame) -> Verdict:
+    """C13: BN lets a deep network train that does not train without it. A plain CNN
+    (no skip connections) at the deepest depth the runs have, BN against no norm,
+    each at its rate: BN at its one rate (or chosen per seed on the other seeds when
+    it has several), no norm at the rate of its best mean test accuracy over the
+    other seeds (`_cross_fitted`; it has the smaller rates of the BN paper's
+    baselines too). Effect: test accuracy, BN minus no norm, paired per seed; a
+    diverged run scores chance. Every depth and rate is in the details."""
+    finished = _finished(runs)
+    if "depth" not in finished or "model" not in finished:
+        return _not_measured("C13", "needs plain_cnn runs (depth) with bn and none")
+    plain = finished[(finished["model"] == "plain_cnn") & ~_at_initialization(finished)]
+    groups = [g for g in _comparable(plain, ("learning_rate",)) if {"bn", "none"} <= set(g["norm"])]
+    if not groups:
+        return _not_measured("C13", "needs plain_cnn runs with bn and none, all else equal "
+                             "but the learning rate")
+    by_depth = {}
+    for group in groups:
+        depth = int(group["depth"].iloc[0])
+        if depth not in by_depth or len(group) > len(by_depth[depth]):
+            by_depth[depth] = group
+
+    def judged(group):
+        arms, chosen, accuracy = {}, {}, {}
+        for norm in ("bn", "none"):
+            mine = group[group["norm"] == norm]
+            by_rate = {float(r): _by_seed(cell, "test_accuracy")
+                       for r, cell in mine.groupby("learning_rate")}
+            arms[norm], chosen[norm] = _cross_fitted(by_rate)
+            accuracy[norm] = {f"{r:g}": float(np.mean(list(v.values())))
+                              for r, v in sorted(by_rate.items())}
+        estimate = paired([(1, arms["bn"]), (-1, arms["none"])])
+        return estimate, {"learning_rate_chosen_without_the_seed": chosen,
+                          "mean_test_accuracy_by_rate": accuracy,
+                          "diverged": {n: int((group.loc[group["norm"] == n, "status"]
+                                               == "diverged").sum()) for n in ("bn", "none")}}
+
+    deepest = max(by_depth)
+    estimate, details = judged(by_depth[deepest])
+    details = {"depth": deepest, **details, "other_settings": []}
+    for depth in sorted(by_depth):
+        if depth != deepest:
+            other, more = judged(by_depth[depth])
+            details["other_settings"].append(
+                {"setting": f"depth {depth}", "verdict": decide(other, MARGINS["C13"].judged),
+                 "estimate": other.jsonable(), **more})
+    if not details["other_settings"]:
+        del details["other_settings"]
+    effect = (f"test accuracy of a {deepest}-layer plain CNN, BN minus no norm, each at its "
+              "rate (no norm's chosen per seed on the other seeds)")
+    return Verdict("C13", decide(estimate, MARGINS["C13"].judged), effect, estimate, details,
+                   by_depth[deepest])
+
+
+def _depth_figure(verdict: Verdict, fig: Figure) -> None:
+    """Test accuracy of each run against its learning rate, BN and no norm."""
     ax, = _panels(fig, 1)
-    curves = pd.concat([analysis.load_curves(p) for p in verdict.runs["path"]])
-    analysis.plot_grad_norms(curves, ax=ax, layers="Conv|Dense")
-    ax.set_title(_title(verdict))
+    runs = verdict.runs
+    for i, norm in enumerate(("bn", "none")):
+        mine = runs[runs["norm"] == norm]
+        accuracy = pd.to_numeric(mine["test_accuracy"]).where(mine["status"] != "diverged",
+                                                              CHANCE)
+        ax.scatter(mine["learning_rate"], accuracy, color=f"C{i}", s=14, alpha=0.7,
+                   label=f"{norm}, each seed (diverged at chance)")
+        means = accuracy.groupby(mine["learning_rate"]).mean()
+        ax.plot(means.index, means.to_numpy(), "o-", color=f"C{i}", label=f"{norm}, mean")
+    ax.axhline(CHANCE, color="gray", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{_title(verdict)} (depth {verdict.details.get('depth')})")
 
 
 def _log_ratio(values: dict[str, dict[Any, float]]) -> Estimate:
@@ -1222,6 +1473,11 @@ CLAIMS: tuple[Claim, ...] = (
           mechanism_rule, reference="Santurkar et al. 2018: BN nets show similar or "
           "larger ICS, and a much smoother loss landscape",
           figure=_mechanism_figure, margin=MARGINS["C10"]),
+    Claim("C13", "depth", "BN lets deeper networks train",
+          ("gradient_flow",), depth_rule,
+          "He et al. 2016: 20- to 56-layer plain nets train with BN (their degradation "
+          "problem is an optimization gap of points, not a failure to train)",
+          figure=_depth_figure, margin=MARGINS["C13"]),
     Claim("C14", "wall clock", "BN gives higher accuracy in the same time",
           ("learning_rate",), wall_clock_rule,
           "BN paper: Inception's accuracy in 14× fewer training steps (steps, not time)",

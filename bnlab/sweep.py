@@ -148,7 +148,10 @@ def plan(base: ml_collections.ConfigDict, grid: list[dict[str, Any]],
         if digest in seen:
             continue  # the same computation twice: one run
         seen.add(digest)
-        runs.append(Run(train.run_name(config, varied, existing), config, point))
+        # Named by the fields its own point sets: in a chain of grids with other axes
+        # (C5's ghost batches), a plain run's name does not list the others' defaults.
+        named = [key for key in varied if key in point]
+        runs.append(Run(train.run_name(config, named, existing), config, point))
     return runs
 
 

@@ -4,7 +4,11 @@ and on the BN paper's MLP, where a BN statistic at batch 2 averages 2 values)
 
 Norms × batch 2..32 × seeds. Every batch size trains the same number of epochs,
 with the learning rate scaled linearly with the batch (Goyal et al. 2017), as the
-GN paper does. One device: the normalization batch is the SGD batch.
+GN paper does. One device: the normalization batch is the SGD batch, so a smaller
+batch changes BN's statistics and the gradient noise at once. The MLP also trains
+with ghost batches (`virtual_batch_size` 2 … 16) at a fixed SGD batch of 32 and
+rate: only the normalization batch changes, the setting C5 is decided on (a BN
+statistic there averages 2 … 32 values; GN's do not depend on the batch).
   python -m bnlab sweep experiments/batch_size.py --workdir runs/batch_size --jobs 2
 `get_config(scale)` / `get_sweep(scale)` size it for `bnlab reproduce --scale`
 (the sweep command uses "quick"); "full" trains ResNet-20.
@@ -19,10 +23,13 @@ LEARNING_RATE_AT_32 = 0.05
 # (model, norms, batch sizes) per scale; the MLP has no IN (one value per channel).
 GRIDS = {
     "smoke": [("mlp", ("bn", "gn"), (4, 16))],
-    "quick": [("simple_cnn", NORMS, (2, 4, 8, 16, 32)), ("mlp", ("bn", "gn", "ln"), (2, 32))],
+    "quick": [("simple_cnn", NORMS, (2, 4, 8, 16, 32)),
+              ("mlp", ("bn", "gn", "ln"), (2, 4, 8, 16, 32))],
     "full": [("resnet20", NORMS, (2, 4, 8, 16, 32)),
              ("mlp", ("bn", "gn", "ln"), (2, 4, 8, 16, 32))],
 }
+# Ghost batches per scale: (model, normalization batches) at the SGD batch of 32.
+GHOSTS = {"smoke": [], "quick": [("mlp", (2, 4, 8, 16))], "full": [("mlp", (2, 4, 8, 16))]}
 SIZES = {
     "smoke": dict(train_size=128, test_size=500, num_epochs=1.0, log_every=8),
     # 5,000 test images: evaluating (EMA, PreciseBN, batch statistics) was 59% of this
@@ -42,8 +49,14 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 
 def get_sweep(scale: str = "quick") -> list[dict]:
-    return chain(*(product(
-        axis("model", [model]), axis("norm", norms),
-        zipped(batch_size=list(sizes),
-               learning_rate=[round(LEARNING_RATE_AT_32 * b / 32, 6) for b in sizes]),
-        seeds(scale)) for model, norms, sizes in at_scale(GRIDS, scale)))
+    plain = [product(axis("model", [model]), axis("norm", norms),
+                     zipped(batch_size=list(sizes),
+                            learning_rate=[round(LEARNING_RATE_AT_32 * b / 32, 6)
+                                           for b in sizes]),
+                     seeds(scale)) for model, norms, sizes in at_scale(GRIDS, scale)]
+    # BN at normalization batch 32 and GN at SGD batch 32 are the plain grid's runs.
+    ghost = [product(axis("model", [model]), axis("norm", ("bn",)), axis("batch_size", (32,)),
+                     axis("learning_rate", (LEARNING_RATE_AT_32,)),
+                     axis("virtual_batch_size", sizes), seeds(scale))
+             for model, sizes in at_scale(GHOSTS, scale)]
+    return chain(*plain, *ghost)

@@ -20,7 +20,8 @@ def _write_runs(folder, rows):
         run_dir.mkdir(parents=True)
         config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model",
                                       "norm_placement", "mask_padding", "train_size",
-                                      "norm_fc1", "eval_train_set") if k in row}
+                                      "norm_fc1", "eval_train_set", "virtual_batch_size",
+                                      "depth", "num_steps") if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
         tracking.write_json_atomic(run_dir / "status.json", {"status": status})
@@ -73,6 +74,76 @@ def test_small_batch_verdicts(tmp_path, bn_small, gn_small, verdict):
     assert result.verdict == verdict, result
     if bn_small == 0.70:
         assert result.estimate.value == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("bn_ghost_2,verdict", [
+    (0.40, claims.SUPPORTED),       # statistics over 2 values: BN loses 45 points
+    (0.85, claims.NOT_SUPPORTED),   # BN's statistics at 2 values cost nothing
+    (None, claims.INCONCLUSIVE),    # seeds spread too wide to tell
+])
+def test_small_batch_is_decided_on_ghost_batches_beside_the_plain_batch(tmp_path, bn_ghost_2,
+                                                                         verdict):
+    """C5 with ghost batches: the normalization batch made small at one SGD batch and
+    rate decides; the plain batch (normalization = SGD batch) is judged beside it."""
+    def accuracy(norm, batch, rate, seed):  # plain batches: BN loses nothing
+        return 0.85 + NOISE[seed]
+
+    rows = [{**row, "model": "mlp"} for row in _grid(accuracy, ("bn", "gn"), sizes=(2, 32))]
+    for seed in (0, 1, 2):
+        for ghost in (2, 8):
+            value = 0.85 + NOISE[seed] if ghost == 8 else (
+                bn_ghost_2 + NOISE[seed] if bn_ghost_2 else [0.40, 0.80, 0.99][seed])
+            rows.append({"model": "mlp", "norm": "bn", "batch_size": 32, "learning_rate": 0.1,
+                         "seed": seed, "virtual_batch_size": ghost, "test_accuracy": value})
+    result = claims.small_batch_rule(_write_runs(tmp_path, rows))
+    assert result.verdict == verdict, result
+    assert result.details["sgd_batch"] == 32 and result.details["small_batch"] == 2
+    if bn_ghost_2 == 0.40:
+        assert result.estimate.value == pytest.approx(0.45)
+        assert result.details["bn_test_accuracy_by_normalization_batch"] == pytest.approx(
+            {"2": 0.40, "8": 0.85, "32": 0.85})
+    plain, = result.details["other_settings"]
+    assert plain["setting"] == "mlp" and plain["verdict"] == claims.NOT_SUPPORTED
+    assert plain["estimate"]["value"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("none_accuracy,verdict", [
+    # No norm stays at chance at every rate (diverges at BN's): BN +60 points.
+    ({0.005: 0.10, 0.01: 0.11}, claims.SUPPORTED),
+    # No norm trains at a quarter of BN's rate as well as BN does.
+    ({0.005: 0.70, 0.01: 0.40}, claims.NOT_SUPPORTED),
+    (None, claims.INCONCLUSIVE),
+])
+def test_depth_verdicts(tmp_path, none_accuracy, verdict):
+    """C13: a deep plain net, BN at its rate against no norm at the rate chosen per
+    seed on the other seeds; a diverged run scores chance."""
+    rows = []
+    for seed in (0, 1, 2):
+        rows.append({"model": "plain_cnn", "depth": 20, "norm": "bn", "learning_rate": 0.02,
+                     "seed": seed, "batch_size": 64, "test_accuracy": 0.70 + NOISE[seed]})
+        rows.append({"model": "plain_cnn", "depth": 20, "norm": "none", "learning_rate": 0.02,
+                     "seed": seed, "batch_size": 64, "status": "diverged",
+                     "test_accuracy": None})
+        for rate in (0.005, 0.01):
+            value = (none_accuracy[rate] + NOISE[seed] if none_accuracy
+                     else ([0.10, 0.70, 0.69][seed] if rate == 0.005 else 0.10))
+            rows.append({"model": "plain_cnn", "depth": 20, "norm": "none",
+                         "learning_rate": rate, "seed": seed, "batch_size": 64,
+                         "test_accuracy": value})
+    result = claims.depth_rule(_write_runs(tmp_path, rows))
+    assert result.verdict == verdict, result
+    chosen = result.details["learning_rate_chosen_without_the_seed"]["none"]
+    if none_accuracy == {0.005: 0.70, 0.01: 0.40}:
+        assert result.estimate.value == pytest.approx(0.0, abs=1e-12)
+        assert set(chosen.values()) == {0.005}
+    if none_accuracy is None:
+        # Seed 0 is scored at 0.005, chosen on seeds 1 and 2, though it is at chance
+        # there: its own best rate is not picked for it.
+        assert chosen["0"] == 0.005
+        assert result.estimate.value == pytest.approx(np.mean([0.596, 0.0, 0.014]))
+    if none_accuracy == {0.005: 0.10, 0.01: 0.11}:
+        assert result.estimate.value == pytest.approx(0.59)
+        assert result.details["diverged"] == {"bn": 0, "none": 3}
 
 
 def test_runs_compare_whatever_they_say_of_fields_their_norm_does_not_read(tmp_path):
@@ -297,6 +368,48 @@ def test_gradient_verdicts(tmp_path, none_spread, verdict):
     result = claims.gradient_rule(runs)
     assert result.verdict == verdict, result
     assert result.details["mean_spread_decades"]["bn"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("bn_at_init,verdict", [
+    (2.5, claims.NOT_SUPPORTED),   # BN's gradients explode towards the input at init
+    (0.2, claims.SUPPORTED),       # even at init as in training
+])
+def test_gradients_are_judged_over_training_and_at_initialization(tmp_path, bn_at_init,
+                                                                  verdict):
+    """C4: no norm spreads 3 decades over training against BN's 0.5 (SUPPORTED
+    there); at initialization (runs of one step) at the deepest depth no norm spreads
+    1.5 decades. SUPPORTED needs both, NOT SUPPORTED either; each depth probed at
+    initialization is judged beside."""
+    rows = [{"model": "plain_cnn", "norm": n, "seed": s, "depth": 20, "num_steps": 100,
+             "batch_size": 64,
+             "learning_rate": 0.02, "test_accuracy": 0.8} for n in ("bn", "none")
+            for s in (0, 1, 2)]
+    rows += [{"model": "plain_cnn", "norm": n, "seed": s, "depth": d, "num_steps": 1,
+              "batch_size": 64,
+              "learning_rate": 0.02, "test_accuracy": 0.1} for d in (10, 50)
+             for n in ("bn", "none") for s in (0, 1, 2)]
+    runs = _write_runs(tmp_path, rows)
+    for row in runs.to_dict("records"):
+        if row["num_steps"] == 100:
+            decades = 0.5 if row["norm"] == "bn" else 3.0 + NOISE[row["seed"]]
+        elif row["depth"] == 10:
+            decades = 0.3 + NOISE[row["seed"]]  # alike at depth 10
+        else:
+            decades = (bn_at_init if row["norm"] == "bn" else 1.5) + NOISE[row["seed"]]
+        metrics = [{"step": 1, "grad_norm/Conv_0": 10.0 ** decades, "grad_norm/Conv_1": 1.0}]
+        (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
+            "".join(json.dumps(m) + "\n" for m in metrics))
+    result = claims.gradient_rule(runs)
+    assert result.verdict == verdict, result
+    assert result.details["during_training"] == claims.SUPPORTED
+    assert result.estimate.value == pytest.approx(2.5)
+    assert result.details["at_initialization"]["depth"] == 50
+    shallow, deep = result.details["other_settings"]
+    assert shallow["setting"] == "at initialization, depth 10"
+    assert shallow["verdict"] == claims.NOT_SUPPORTED  # no difference at depth 10
+    assert deep["estimate"]["value"] == pytest.approx(1.5 - bn_at_init)
+    assert deep["verdict"] == verdict
+    assert ("NOT SUPPORTED" in result.reason) == (verdict == claims.NOT_SUPPORTED)
 
 
 def test_only_runs_that_differ_in_norm_and_seed_are_compared(tmp_path):
