@@ -377,17 +377,27 @@ def worker_command(argv: list[str]) -> int:
     return 0
 
 
-# Fields that never tell runs apart as results (where and how they ran and logged).
-_LS_HIDDEN = {"data_dir", "coordinator_address", "num_processes", "process_id",
-              "steps_per_call", "cpu_fusion", "log_every", "eval_every", "checkpoint_every",
-              "eval_batch_size"}
-
-
 def _varied_fields(configs: list[dict]) -> list[str]:
-    """The config fields whose values differ across the runs, in config order."""
+    """The config fields whose values differ across the runs, in config order, but
+    those that never tell results apart (`config.BOOKKEEPING_FIELDS`)."""
+    from bnlab.config import BOOKKEEPING_FIELDS
+
     fields = list(dict.fromkeys(field for config in configs for field in config))
-    return [f for f in fields if f not in _LS_HIDDEN
+    return [f for f in fields if f not in BOOKKEEPING_FIELDS
             and len({repr(config.get(f)) for config in configs}) > 1]
+
+
+def _step_reached(run_dir, config: dict) -> str:
+    """A running run's last logged step, out of its total where its config gives
+    the total ("7/128"), else "7…"; blank before its first log."""
+    from bnlab import data
+    from bnlab.config import total_steps
+
+    rows = run_dir.metrics()
+    if not rows:
+        return ""
+    total = total_steps(config, data.train_examples(config))
+    return f"{rows[-1]['step']}/{total}" if total else f"{rows[-1]['step']}…"
 
 
 def _cell(value) -> str:
@@ -485,9 +495,8 @@ def ls_command(argv: list[str]) -> int:
         if state == "done" and summary.get("collapsed"):
             state = "collapsed"  # done, and tests at chance (summary.json's `collapsed`)
         step = summary.get("step", "")
-        if state == "running":  # how far it is: its last metrics row
-            rows_so_far = run_dir.metrics()
-            step = f"{rows_so_far[-1]['step']}…" if rows_so_far else ""
+        if state == "running":  # how far it is: its last metrics row, of its total
+            step = _step_reached(run_dir, config)
         error = run_dir.status().get("error", "") if state == "failed" else ""
         rows.append((str(run_dir.path.relative_to(folder)), state, step,
                      _number(summary.get("test_accuracy"), ".4f"),
