@@ -368,6 +368,28 @@ def _axes(ax):
     return ax
 
 
+def _named(fields: Sequence[str], key: Any) -> list[str]:
+    """"field=value" for each field of a groupby key (floats as %g: 1e+06, 0.05; a
+    field a run left unset, None or NaN here, as "unset")."""
+    return [f"{f}=unset" if _comparable(v) is None and not isinstance(v, str)
+            else f"{f}={v:g}" if isinstance(v, float) else f"{f}={v}"
+            for f, v in zip(fields, _keyed(key), strict=True)]
+
+
+def facets(runs: pd.DataFrame, keep: Sequence[str],
+           exclude: Sequence[str] = ("seed",)) -> list[tuple[str, pd.DataFrame]]:
+    """The runs split by every field that varies inside a group of `keep`
+    (`pooled_columns`): a part per setting of those fields, with its title
+    ("model=mlp, learning_rate=0.1"; "" where nothing else varies), so that a plot
+    or table of `keep` in each part averages over nothing but the seeds (a panel per
+    model and learning rate for accuracy against batch size on a 2-D grid)."""
+    fields = pooled_columns(runs, keep, exclude)
+    if not fields:
+        return [("", runs)]
+    return [(", ".join(_named(fields, key)), part)
+            for key, part in runs.groupby(fields, sort=True, dropna=False)]
+
+
 def _lines(runs: pd.DataFrame, hue: str, x: str | None) -> list[tuple[Any, str, pd.DataFrame]]:
     """The runs of each line (or point) of a plot, as (hue value, label, runs): a line
     per `hue` value, split further by every field that would otherwise be averaged
@@ -381,9 +403,7 @@ def _lines(runs: pd.DataFrame, hue: str, x: str | None) -> list[tuple[Any, str, 
             out.append((value, str(value), runs_of))
             continue
         for key, part in runs_of.groupby(extra, sort=True, dropna=False):
-            named = [f"{f}={v:g}" if isinstance(v, float) else f"{f}={v}"
-                     for f, v in zip(extra, _keyed(key), strict=True)]
-            out.append((value, ", ".join([str(value), *named]), part))
+            out.append((value, ", ".join([str(value), *_named(extra, key)]), part))
     return out
 
 
@@ -396,6 +416,15 @@ def _interval_ylabel(metric: str, tables: list[pd.DataFrame], interval: str,
     n = (int(counts.min()), int(counts.max())) if len(counts) else None
     return (f"{metric.replace('_', ' ')}\n"
             f"{stats.interval_label(interval, confidence, n)}")
+
+
+def _log_x(ax, values, tables: list[pd.DataFrame], base: float = 10) -> None:
+    """A log x axis; where no mean is finite (every run diverged), its limits from
+    the x values, which matplotlib's autoscale has none of (it cannot log-scale 0..1)."""
+    if not any(np.isfinite(t["mean"].to_numpy(dtype=float)).any() for t in tables) \
+            and len(values):
+        ax.set_xlim(min(values) / 2, max(values) * 2)
+    ax.set_xscale("log", base=base)
 
 
 def _keyed(key) -> tuple:
@@ -419,8 +448,8 @@ def plot_vs_batch_size(runs: pd.DataFrame, metric: str = "test_accuracy",
         line, = ax.plot(table[x], table["mean"], marker="o", label=label)
         _band(ax, table[x], table, line.get_color())
         _seeds(ax, part, x, metric, line.get_color())
-    ax.set_xscale("log", base=2)
     values = sorted(runs[x].unique())
+    _log_x(ax, values, tables, base=2)
     ax.set_xticks(values, [str(v) for v in values])
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(_interval_ylabel(metric, tables, interval, confidence))
@@ -452,7 +481,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, metric: str = "test_accuracy",
             ax.scatter(group[x], [floor] * len(group), marker="x", s=60,
                        color=colors.get(name, "k"), clip_on=False,
                        label=f"{name}: diverged")
-    ax.set_xscale("log")
+    _log_x(ax, sorted(runs[x].unique()), tables)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(_interval_ylabel(metric, tables, interval, confidence))
     ax.legend(title=hue)
@@ -486,12 +515,13 @@ def plot_errorbars(runs: pd.DataFrame, by: str, metrics: tuple[str, ...],
     return ax
 
 
-def plot_curves(curves: pd.DataFrame, metric: str = "train_loss", hue: str = "norm",
-                ax=None, log_y: bool = False, *, x: str = "step", interval: str = "range",
-                confidence: float = 0.95):
+def plot_curves(curves: pd.DataFrame, metric: str = "train_loss",
+                hue: str | Sequence[str] = "norm", ax=None, log_y: bool = False, *,
+                x: str = "step", interval: str = "range", confidence: float = 0.95):
     """A metric over `x` ("step", "epoch" or "examples" seen: `load_curves`' columns),
     one line per `hue` value (any column of `curves`: `load_curves` keeps every config
-    field that varies): the mean over the group's runs (seeds) at each x, and a band,
+    field that varies; several columns: a line per combination, "bn, norm_fc1=True"):
+    the mean over the group's runs (seeds) at each x, and a band,
     by default from their minimum to their maximum (`interval="range"`), or an
     interval over seeds as `aggregate`'s. The legend's title says what the band is
     and over how many runs, and names any field other than the seed that differs
@@ -501,7 +531,8 @@ def plot_curves(curves: pd.DataFrame, metric: str = "train_loss", hue: str = "no
         raise ValueError(f"x={x!r}; allowed: {', '.join(X_AXES)}")
     if interval not in CURVE_BANDS:
         raise ValueError(f"interval {interval!r}; allowed: {', '.join(CURVE_BANDS)}")
-    for column in (hue, x):
+    hues = [hue] if isinstance(hue, str) else list(hue)
+    for column in (*hues, x):
         if column not in curves:
             raise KeyError(f"the curves have no column {column!r}; load_curves keeps "
                            f"{', '.join(c for c in curves.columns if c not in ('metric', 'value'))}"
@@ -511,7 +542,9 @@ def plot_curves(curves: pd.DataFrame, metric: str = "train_loss", hue: str = "no
         raise ValueError(f"x={x!r}: the runs' batch size or training set size is not known "
                          "(a tfds dataset without train_size, or curves loaded with columns=())")
     sizes = []
-    for name, group in data.groupby(hue, sort=True):
+    for key, group in data.groupby(hues, sort=True, dropna=False):
+        key = _keyed(key)
+        name = ", ".join([str(key[0]), *_named(hues[1:], key[1:])])
         if interval == "range":
             table = group.groupby(x)["value"].agg(["mean", "min", "max"]).reset_index()
             low, high = table["min"], table["max"]
@@ -527,13 +560,13 @@ def plot_curves(curves: pd.DataFrame, metric: str = "train_loss", hue: str = "no
         ax.set_yscale("log")
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(metric.replace("_", " "))
-    ax.legend(title=_curves_title(data, hue, interval, confidence, sizes), fontsize=8,
+    ax.legend(title=_curves_title(data, hues, interval, confidence, sizes), fontsize=8,
               title_fontsize=8)
     ax.grid(alpha=0.3)
     return ax
 
 
-def _curves_title(data: pd.DataFrame, hue: str, interval: str, confidence: float,
+def _curves_title(data: pd.DataFrame, hues: list[str], interval: str, confidence: float,
                   sizes: list[int]) -> str:
     """plot_curves' legend title: the hue, the band, the runs per line, and any field
     that differs inside a line."""
@@ -543,13 +576,13 @@ def _curves_title(data: pd.DataFrame, hue: str, interval: str, confidence: float
             "" if n is None else f" (n={n[0]})" if n[0] == n[1] else f" (n={n[0]}–{n[1]})")
     else:
         said = stats.interval_label(interval, confidence, n)
-    title = f"{hue.replace('_', ' ')}: {said}"
+    title = f"{', '.join(hues).replace('_', ' ')}: {said}"
     if "run" in data and len(data):
         runs = data.drop_duplicates("run")
         runs.attrs = {}  # the curves' columns are config fields, whatever attrs says
         fields = [c for c in runs.columns if c not in ("run", "step", "epoch", "examples",
                                                        "metric", "value")]
-        pooled = [c for c in pooled_columns(runs, [hue]) if c in fields] if fields else []
+        pooled = [c for c in pooled_columns(runs, hues) if c in fields] if fields else []
         if pooled:
             title += f"\npooled in a line: {', '.join(pooled)}"
     return title

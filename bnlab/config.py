@@ -199,10 +199,14 @@ LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id", "steps_pe
 
 
 # Fields that never tell two runs' results apart: how a run was launched, where it
-# read its data, how often it logged, evaluated and saved. `ls` leaves them out of
-# its columns and `analysis.varied_columns` out of what a group must hold fixed.
+# read its data, how often it logged, evaluated and saved, what it measured beside
+# its training (diagnostics on batches of their own, curves on part of the test set,
+# the training set evaluated at the end), the same fields the claims' rules hold
+# incidental. `ls` leaves them out of its columns and `analysis.varied_columns` out
+# of what a group must hold fixed.
 BOOKKEEPING_FIELDS = (*LAUNCH_FIELDS, "data_dir", "log_every", "eval_every",
-                      "checkpoint_every", "eval_batch_size")
+                      "checkpoint_every", "eval_batch_size", "log_grad_norms",
+                      "log_activations", "log_landscape", "curve_test_size", "eval_train_set")
 
 
 def total_steps(config, train_examples: int | None) -> int | None:

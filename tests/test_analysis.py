@@ -374,8 +374,24 @@ def test_curves_split_by_any_config_field_on_steps_epochs_or_examples(tmp_path):
     # A line that pools runs of other settings says so.
     ax = analysis.plot_curves(curves, hue="norm")
     assert ax.get_legend().get_title().get_text().endswith("pooled in a line: num_groups")
+    # Several columns: a line per combination.
+    ax = analysis.plot_curves(curves, hue=["norm", "num_groups"])
+    assert sorted(line.get_label() for line in ax.get_lines()) == ["gn, num_groups=2",
+                                                                   "gn, num_groups=4"]
     with pytest.raises(ValueError, match="allowed: step, epoch, examples"):
         analysis.plot_curves(curves, x="epochs")
+
+
+def test_facets_split_off_what_a_plot_would_average(sweep_dir):
+    runs = analysis.load_runs(sweep_dir)
+    # Accuracy against batch size per norm: no norm's two rates at batch 16 would be
+    # one point, so the learning rate (and the batch size zipped with it) splits.
+    parts = analysis.facets(runs, ["norm", "batch_size"])
+    assert [(title, len(part)) for title, part in parts] == [
+        ("learning_rate=0.0125", 4), ("learning_rate=0.05", 5), ("learning_rate=1e+06", 1)]
+    assert analysis.facets(runs[runs["norm"] != "none"], ["norm", "batch_size"])[0][0] == ""
+    for _, part in parts:
+        assert analysis.pooled_columns(part, ["norm", "batch_size"]) == []
 
 
 def test_epochs_count_the_training_set_the_run_saw(tmp_path):
@@ -403,6 +419,12 @@ def test_plots_draw_a_line_per_setting_and_say_their_interval(sweep_dir):
     assert sorted(line.get_label() for line in ax.get_lines()) == [
         "bn", "gn", "none, learning_rate=0.05", "none, learning_rate=1e+06"]
     assert ax.get_ylabel() == "test accuracy\nmean ± 95% t-interval over seeds (n=1–2)"
+    # Only a diverged run: nothing finite to draw, and still a figure.
+    diverged = runs[runs["status"] == "diverged"]
+    for plot in (analysis.plot_vs_batch_size, analysis.plot_lr_sensitivity):
+        ax = plot(diverged)
+        ax.figure.canvas.draw()  # matplotlib could not log-scale its default 0..1
+        assert ax.get_xlim()[0] > 0
     ax = analysis.plot_vs_batch_size(runs[runs["norm"] != "none"], interval="se")
     assert ax.get_ylabel() == "test accuracy\nmean ± 1 standard error over seeds (n=2)"
     ax = analysis.plot_errorbars(runs[runs["norm"] != "none"], "norm", ("test_accuracy",),
