@@ -29,8 +29,9 @@ commands:
           writes DIR/runs/RUN_ID/ (config, status, metrics, summary, env, TensorBoard)
   sweep   a grid of runs: FILE --workdir DIR [--jobs N] [--dry_run] [--only REGEX]
           [--limit N] [--executor local|slurm] [--slurm_partition P --slurm_gpus G ...]
-          [--pack [--pack_size N]] [--config.FIELD=VALUE ...];
-          FILE has get_config() and get_sweep();
+          [--pack [--pack_size N]] [--grid FIELD=V1,V2 ...] [--config.FIELD=VALUE ...];
+          FILE has get_config() and get_sweep(); without FILE, --grid axes on the
+          default config (or --config FILE); --grid axes multiply FILE's grid;
           a relaunch skips finished runs and restarts interrupted ones
   ls      the status table of a tracking directory: ls DIR [--format table|csv|parquet]
           [--out FILE] [--where FIELD=VALUE ...] (the table: a column per field that
@@ -243,11 +244,9 @@ def _enable_compilation_cache() -> None:
 
 
 def sweep_command(argv: list[str]) -> int:
-    if len(argv) >= 2 and argv[1] in HELP_FLAGS:  # no FILE to take the config from
-        argv = [argv[0], str(DEFAULT_CONFIG), *argv[1:]]
-    if len(argv) < 2 or argv[1].startswith("-"):
-        raise UsageError("usage: python -m bnlab sweep FILE --workdir DIR [flags]")
-    sweep_file = Path(argv[1])
+    # FILE (a sweep file, or a config file with --grid) or only --grid axes on the
+    # default config (or --config FILE's).
+    sweep_file = Path(argv[1]) if len(argv) >= 2 and not argv[1].startswith("-") else None
 
     def define(flags, flag_values):
         flags.DEFINE_bool("dry_run", False, "list the runs, write nothing",
@@ -277,11 +276,23 @@ def sweep_command(argv: list[str]) -> int:
                              lower_bound=1, flag_values=flag_values)
         flags.DEFINE_bool("pack_on_cpu", False, "pack on a CPU backend too (its members then "
                           "train in turn, no faster)", flag_values=flag_values)
+        flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: an axis of the grid, its "
+                                  "values parsed as --config.FIELD=VALUE parses them (a "
+                                  "value holding a comma in quotes or brackets); repeated, "
+                                  "the axes multiply (the last varies fastest)",
+                                  flag_values=flag_values)
 
-    config, overrides, flag_values = _parse_config_flags(argv[:1] + argv[2:], sweep_file,
-                                                         define)
-    if not sweep_file.is_file():
-        raise UsageError(f"no sweep file {sweep_file}")
+    if sweep_file is None:
+        config, overrides, flag_values = _parse_config_flags(argv, DEFAULT_CONFIG, define)
+        if not flag_values.grid:
+            raise UsageError("usage: python -m bnlab sweep FILE --workdir DIR [flags], or "
+                             "sweep --grid FIELD=V1,V2 [--grid ...] --workdir DIR [flags]")
+    else:
+        config, overrides, flag_values = _parse_config_flags(argv[:1] + argv[2:], sweep_file,
+                                                             define)
+        if not sweep_file.is_file():
+            raise UsageError(f"no sweep file {sweep_file}")
+    axes = parse_grid(config, flag_values.grid)
     from bnlab import config as config_lib
     from bnlab import sweep, tracking, train
 
@@ -300,14 +311,19 @@ def sweep_command(argv: list[str]) -> int:
         except re.error as error:
             raise UsageError(f"--only {flag_values.only!r}: not a regular expression "
                              f"({error})") from None
-    module = sweep.load_sweep_file(sweep_file)
+    base_file = sweep_file or Path(flag_values["config"].config_filename)
+    module = config_lib.load_module(base_file)
+    if not hasattr(module, "get_sweep") and not axes:
+        sweep.load_sweep_file(base_file)  # its error: a sweep file needs get_sweep()
     override_values = {key: config[key] for key in overrides}
-    try:  # the sweep file's own code: what it raises is about that file
-        base, grid = module.get_config(), module.get_sweep()
+    try:  # the file's own code: what it raises is about that file
+        base = module.get_config()
+        grid = module.get_sweep() if sweep_file and hasattr(module, "get_sweep") else [{}]
     except ConfigError:
         raise
     except Exception as error:
-        raise ConfigError("file", str(sweep_file), config_lib.cannot_load(error)) from None
+        raise ConfigError("file", str(base_file), config_lib.cannot_load(error)) from None
+    grid = _with_axes(grid, axes, base_file)
     runs = sweep.select(sweep.plan(base, grid, override_values, flag_values.workdir),
                         flag_values.only, flag_values.limit)
     if not runs:
@@ -325,9 +341,9 @@ def sweep_command(argv: list[str]) -> int:
     sweep.check(runs, devices=flag_values.executor == "local")
     finished = sum(tracking.SweepDir(workdir).run(r.run_id).finished() for r in runs)
     launch = sweep.write_plan(workdir, runs, {
-        "sweep_file": str(sweep_file.resolve()),
+        "sweep_file": str(sweep_file.resolve()) if sweep_file else None,
         "base_config": config_lib.flatten(base),
-        "grid": module.get_sweep(), "overrides": override_values,
+        "grid": grid, "grid_flags": flag_values.grid, "overrides": override_values,
         "launch": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
                    "jobs": flag_values.jobs, "host": socket.gethostname()}})
     print(f"sweep {workdir}: {len(runs)} runs, {finished} finished before; launch {launch}",
@@ -356,6 +372,95 @@ def sweep_command(argv: list[str]) -> int:
     return 0
 
 
+def parse_grid(config, specs: list[str]) -> list[tuple[str, list[Any]]]:
+    """`--grid FIELD=V1,V2,...` flags as axes [(field, values)], each value parsed as
+    `--config.FIELD=VALUE` parses it (ml_collections' parser for the field's type in
+    `config`: an int field takes ints, a float field 1 as 1.0, a tuple field
+    "(0.3, 0.6)"). Values are split at commas outside brackets and quotes; a value
+    wholly in quotes loses them (`bn_eval="ema,batch",ema`). Raises UsageError on an
+    unknown field, a field given twice, an empty value, or one its parser refuses."""
+    import difflib
+
+    fields = flatten(config)
+    axes, seen = [], set()
+    for spec in specs:
+        field, equal, text = (part.strip() for part in spec.partition("="))
+        if not equal or not field or not text:
+            raise UsageError(f"--grid {spec}: use FIELD=V1,V2,... (e.g. --grid norm=bn,gn)")
+        if field not in fields:
+            close = difflib.get_close_matches(field, list(fields), n=1)
+            raise UsageError(f"--grid {spec}: unknown config field {field!r}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
+        if field in seen:
+            raise UsageError(f"--grid {field} given twice: one --grid per field, its values "
+                             "comma-separated")
+        seen.add(field)
+        values = _split_values(text)
+        if any(not value for value in values):
+            raise UsageError(f"--grid {spec}: an empty value")
+        axes.append((field, [_parsed(config, field, value, spec) for value in values]))
+    return axes
+
+
+def _split_values(text: str) -> list[str]:
+    """"a,(1, 2),'x,y'" → ["a", "(1, 2)", "x,y"]: commas inside brackets or quotes
+    belong to a value; a value wholly in quotes is unquoted."""
+    parts, current, depth, quote = [], "", 0, None
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    parts.append(current.strip())
+    return [p[1:-1] if len(p) >= 2 and p[0] == p[-1] and p[0] in "\"'" else p for p in parts]
+
+
+def _parsed(config, field: str, text: str, spec: str) -> Any:
+    """`text` as `--config.FIELD=text` sets `field` of a copy of `config`."""
+    import copy
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    scratch = copy.deepcopy(config)  # its fields' types (placeholders keep theirs)
+    argv = ["bnlab", f"--config.{field}={text}"]
+    flag_values = flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_dict("config", scratch, flag_values=flag_values,
+                                        sys_argv=argv)
+        flag_values(argv)
+    except flags.Error as error:
+        said = re.sub(r"^flag --config\.\S+?: ", "", str(error).splitlines()[0])
+        raise UsageError(f"--grid {spec}: {said}") from None
+    value = scratch
+    for name in field.split("."):
+        value = value[name]
+    return value
+
+
+def _with_axes(grid: list[dict[str, Any]], axes: list[tuple[str, list[Any]]],
+               source: Path) -> list[dict[str, Any]]:
+    """The file's grid times the --grid axes; a field that both set is refused (the
+    grid's runs would turn into copies, or the file's values be lost)."""
+    from bnlab import sweep
+
+    for field, _ in axes:
+        values = sorted({repr(point[field]) for point in grid if field in point})
+        if values:
+            raise UsageError(f"--grid {field}: the grid of {source} sets {field} already "
+                             f"({', '.join(values)}); drop one")
+    return sweep.product(grid, *(sweep.axis(field, values) for field, values in axes))
+
+
 def worker_command(argv: list[str]) -> int:
     """Internal: one local worker of a sweep launch (started by `sweep --jobs N`)."""
     from bnlab import sweep
@@ -377,17 +482,27 @@ def worker_command(argv: list[str]) -> int:
     return 0
 
 
-# Fields that never tell runs apart as results (where and how they ran and logged).
-_LS_HIDDEN = {"data_dir", "coordinator_address", "num_processes", "process_id",
-              "steps_per_call", "cpu_fusion", "log_every", "eval_every", "checkpoint_every",
-              "eval_batch_size"}
-
-
 def _varied_fields(configs: list[dict]) -> list[str]:
-    """The config fields whose values differ across the runs, in config order."""
+    """The config fields whose values differ across the runs, in config order, but
+    those that never tell results apart (`config.BOOKKEEPING_FIELDS`)."""
+    from bnlab.config import BOOKKEEPING_FIELDS
+
     fields = list(dict.fromkeys(field for config in configs for field in config))
-    return [f for f in fields if f not in _LS_HIDDEN
+    return [f for f in fields if f not in BOOKKEEPING_FIELDS
             and len({repr(config.get(f)) for config in configs}) > 1]
+
+
+def _step_reached(run_dir, config: dict) -> str:
+    """A running run's last logged step, out of its total where its config gives
+    the total ("7/128"), else "7…"; blank before its first log."""
+    from bnlab import data
+    from bnlab.config import total_steps
+
+    rows = run_dir.metrics()
+    if not rows:
+        return ""
+    total = total_steps(config, data.train_examples(config))
+    return f"{rows[-1]['step']}/{total}" if total else f"{rows[-1]['step']}…"
 
 
 def _cell(value) -> str:
@@ -485,9 +600,8 @@ def ls_command(argv: list[str]) -> int:
         if state == "done" and summary.get("collapsed"):
             state = "collapsed"  # done, and tests at chance (summary.json's `collapsed`)
         step = summary.get("step", "")
-        if state == "running":  # how far it is: its last metrics row
-            rows_so_far = run_dir.metrics()
-            step = f"{rows_so_far[-1]['step']}…" if rows_so_far else ""
+        if state == "running":  # how far it is: its last metrics row, of its total
+            step = _step_reached(run_dir, config)
         error = run_dir.status().get("error", "") if state == "failed" else ""
         rows.append((str(run_dir.path.relative_to(folder)), state, step,
                      _number(summary.get("test_accuracy"), ".4f"),

@@ -198,6 +198,29 @@ LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id", "steps_pe
                  "cpu_fusion")
 
 
+# Fields that never tell two runs' results apart: how a run was launched, where it
+# read its data, how often it logged, evaluated and saved, what it measured beside
+# its training (diagnostics on batches of their own, curves on part of the test set,
+# the training set evaluated at the end), the same fields the claims' rules hold
+# incidental. `ls` leaves them out of its columns and `analysis.varied_columns` out
+# of what a group must hold fixed.
+BOOKKEEPING_FIELDS = (*LAUNCH_FIELDS, "data_dir", "log_every", "eval_every",
+                      "checkpoint_every", "eval_batch_size", "log_grad_norms",
+                      "log_activations", "log_landscape", "curve_test_size", "eval_train_set")
+
+
+def total_steps(config, train_examples: int | None) -> int | None:
+    """The steps a run trains (a ConfigDict or a flat config.json): `num_steps`,
+    else `num_epochs` epochs of `train_examples // batch_size` steps (at least one),
+    as `train.prepare` counts them; None where neither says (no num_steps, and the
+    dataset's size unknown)."""
+    if config.get("num_steps"):
+        return int(config["num_steps"])
+    if not train_examples or not config.get("batch_size") or config.get("num_epochs") is None:
+        return None
+    return max(1, round(config["num_epochs"] * (train_examples // config["batch_size"])))
+
+
 def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The flattened fields that define what a run computes."""
     return {k: v for k, v in flatten(config).items() if k not in LAUNCH_FIELDS}

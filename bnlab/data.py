@@ -81,6 +81,24 @@ def load(name: str, split: str, *, data_dir: str | None = None, train_size: int 
     return dataset
 
 
+# Training examples of the datasets whose size is fixed (a tfds dataset's size is
+# in its files): what a run's epochs count without loading the data.
+TRAIN_SIZES = {"fashion_mnist": 60_000, "fashion_mnist_rows": 60_000}
+
+
+def train_examples(config) -> int | None:
+    """The training examples a run of `config` (a ConfigDict or a flat config.json)
+    trains on, without loading them: `train_size`, else the dataset's size where
+    it is known (`TRAIN_SIZES`, the synthetic set's); None for a tfds dataset."""
+    if config.get("train_size") is not None:
+        return int(config["train_size"])
+    if config.get("dataset") == "synthetic":
+        nested = config.get("synthetic") or {}
+        size = nested.get("num_examples") or config.get("synthetic.num_examples")
+        return int(size or SYNTHETIC_SIZES["train"])
+    return TRAIN_SIZES.get(config.get("dataset"))
+
+
 def _normalized(name, split, images: np.ndarray, labels: np.ndarray, num_classes: int,
                 stats=None) -> Dataset:
     mean, std = stats or CHANNEL_STATS[name]
@@ -191,11 +209,14 @@ def read_idx(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- synthetic
 
+SYNTHETIC_SIZES = {"train": 512, "test": 256}  # without `num_examples`
+
+
 def _synthetic(split: str, num_examples: int | None = None, image_shape=(28, 28, 1),
                num_classes: int = 10, seed: int = 0) -> Dataset:
     """Fixed class templates (shared by both splits) plus per-split Gaussian noise:
     learnable, but not instantly, and deterministic."""
-    num_examples = num_examples or (512 if split == "train" else 256)
+    num_examples = num_examples or SYNTHETIC_SIZES[split]
     templates = np.random.default_rng(seed).normal(size=(num_classes,) + tuple(image_shape))
     rng = np.random.default_rng((seed, 1 if split == "train" else 2))
     labels = rng.integers(0, num_classes, num_examples).astype(np.int32)

@@ -79,8 +79,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     # the per-device batch) before anything is compiled or written.
     per_device = config.batch_size // layout.num_devices
     norm_layers = models.normalized_layers(model, (per_device,) + train_set.image_shape)
-    steps_per_epoch = len(train_set) // config.batch_size
-    total_steps = config.num_steps or max(1, round(config.num_epochs * steps_per_epoch))
+    total_steps = config_lib.total_steps(config, len(train_set))
     spec = optim.spec_from_config(config, total_steps)
     # BN layers pool sync_size devices' statistics; other norms are per example.
     per_stat = [layer["values_per_statistic"] * (layout.sync_size if config.norm == "bn" else 1)

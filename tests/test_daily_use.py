@@ -119,3 +119,26 @@ def test_ls_shows_what_varies_sorted_by_value_how_far_a_run_is_and_why_one_faile
     only = cli("ls", str(tmp_path), "--where", "batch_size=16").stdout.splitlines()
     assert len(only) == 2 and only[1].startswith("runs/r16")
     assert "no run has a field 'nrom'" in cli("ls", str(tmp_path), "--where=nrom=bn").stderr
+
+
+def test_ls_shows_a_running_runs_step_of_its_total(cli, tmp_path):
+    """A running run's step read "7…"; where its config gives the total, "7/128", the
+    total as `train.prepare` counts it (one epoch of 512 synthetic images in batches
+    of 4), or num_steps."""
+    from bnlab import config as config_lib
+    from bnlab import tracking, train
+
+    config = config_lib.load_config_file(config_lib.DEFAULT_CONFIG_FILE)
+    config.update(dataset="synthetic", batch_size=4)
+    assert train.prepare(config).total_steps == 128
+    for name, overrides in (("epochs", {}), ("steps", {"num_steps": 40, "batch_size": 8})):
+        run = tracking.RunDir(tmp_path / "runs" / name)
+        run.write_pending({**config_lib.flatten(config), **overrides})
+        tracking.write_json_atomic(run.path / tracking.STATUS, {"status": "running"})
+        (run.path / tracking.METRICS).write_text('{"step": 7, "train_loss": 1.0}\n')
+        tracking.write_json_atomic(run.path / tracking.CLAIM,  # held by this process
+                                   {"pid": os.getpid(), "host": socket.gethostname()})
+    result = cli("ls", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    steps = {line.split()[0]: line.split()[2] for line in result.stdout.splitlines()[1:]}
+    assert steps == {"runs/epochs": "7/128", "runs/steps": "7/40"}

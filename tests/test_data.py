@@ -122,3 +122,21 @@ def test_synthetic_is_deterministic_and_shares_templates():
     assert a.image_shape == (4, 4, 3) and a.num_classes == 3
     test = data.load("synthetic", "test", num_examples=50, image_shape=(4, 4, 3), num_classes=3)
     assert not np.array_equal(a.images[:10], test.images[:10])
+
+
+def test_train_examples_without_loading_are_what_loading_gives(fmnist_train):
+    """`data.train_examples` (what ls and the curves' epochs count on) against the
+    datasets loaded."""
+    import ml_collections
+
+    assert data.train_examples({"dataset": "fashion_mnist"}) == len(fmnist_train)
+    rows = data.load("fashion_mnist_rows", "train")
+    assert data.train_examples({"dataset": "fashion_mnist_rows"}) == len(rows)
+    assert data.train_examples({"dataset": "synthetic"}) == len(data.load("synthetic", "train"))
+    nested = ml_collections.ConfigDict({"dataset": "synthetic", "train_size": None,
+                                        "synthetic": {"num_examples": 96}})
+    assert data.train_examples(nested) == 96 == len(data.load("synthetic", "train",
+                                                              num_examples=96))
+    assert data.train_examples({"dataset": "synthetic", "synthetic.num_examples": 96}) == 96
+    assert data.train_examples({"dataset": "fashion_mnist", "train_size": 4096}) == 4096
+    assert data.train_examples({"dataset": "cifar10"}) is None  # in tfds' files

@@ -193,3 +193,83 @@ def test_ls_prints_the_status_table(cli, synthetic_config, tmp_path):
     assert table[f"runs/{runs[1].run_id}"][5] == "1"  # gn: per-example statistics
     assert table[f"runs/{pending[0].run_id}"][1] == "pending"
     assert_one_line_error(cli("ls", str(tmp_path / "nothing")), "no runs under")
+
+
+# ---------------------------------------------------------------- --grid
+
+def test_a_command_line_grid_plans_what_the_same_sweep_file_plans(cli, tmp_path):
+    """`sweep --grid norm=bn,none --grid learning_rate=...` on a base config: the runs
+    (ids and all) of a sweep file with that base and product(axis(...), axis(...))."""
+    base = tmp_path / "base.py"
+    base.write_text(SWEEP_FILE.split("def get_sweep")[0].format(root=ROOT, steps=30,
+                                                                   extra=""))
+    result = cli("sweep", str(base), "--grid", "norm=bn,none", "--grid",
+                 "learning_rate=0.01,0.02,0.05", "--dry_run", f"--workdir={tmp_path}/w")
+    assert result.returncode == 0, result.stderr
+    from_file = cli("sweep", str(_sweep_file(tmp_path)), "--dry_run")
+    assert result.stdout == from_file.stdout and from_file.stdout.endswith("\n6 runs\n")
+    assert not (tmp_path / "w").exists()
+    # Without a file: the default config, overridden as any sweep is.
+    result = cli("sweep", "--grid", "norm=bn,gn", "--grid", "batch_size=2,32",
+                 "--config.dataset=synthetic", "--dry_run")
+    ids = result.stdout.splitlines()
+    assert ids[-1] == "4 runs" and [i.split("-")[0] for i in ids[:-1]] == [
+        "norm=bn,batch_size=2", "norm=bn,batch_size=32", "norm=gn,batch_size=2",
+        "norm=gn,batch_size=32"]
+    # With a sweep file, --grid adds an axis: 6 × 2 runs.
+    result = cli("sweep", str(_sweep_file(tmp_path)), "--grid", "batch_size=8,32", "--dry_run")
+    assert result.stdout.splitlines()[-1] == "12 runs"
+
+
+def test_grid_values_parse_as_config_overrides_do():
+    from bnlab import cli as cli_lib
+
+    config = load_config_file(ROOT / "configs" / "default.py")
+    axes = cli_lib.parse_grid(config, [
+        "learning_rate=1,0.1", "batch_size=8", "train_size=256,1024",
+        "step_boundaries=(0.3,0.6),'(0.5, 0.75)'", 'bn_eval="ema,batch",ema', "nesterov=true"])
+    assert axes == [("learning_rate", [1.0, 0.1]), ("batch_size", [8]),
+                    ("train_size", [256, 1024]),
+                    ("step_boundaries", [(0.3, 0.6), (0.5, 0.75)]),
+                    ("bn_eval", ["ema,batch", "ema"]), ("nesterov", [True])]
+    assert type(axes[0][1][0]) is float  # a float field: 1 is 1.0, as --config.learning_rate=1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--grid", "nrom=bn,gn"], "--grid nrom=bn,gn: unknown config field 'nrom'; did you "
+                               "mean 'norm'?"),
+    (["--grid", "batch_size=2,abc"], "--grid batch_size=2,abc: invalid literal for int()"),
+    (["--grid", "norm=bn,bad"], "config.norm='bad': allowed: bn, ln, in, gn, none"),
+    (["--grid", "norm"], "--grid norm: use FIELD=V1,V2,..."),
+    (["--grid", "norm=bn,,gn"], "--grid norm=bn,,gn: an empty value"),
+    (["--grid", "norm=bn", "--grid", "norm=gn"], "--grid norm given twice"),
+    (["--grid", "norm=bn,gn", "--config.norm=gn"], "the sweep's grid sets norm"),
+    (["--grid", "num_groups=8,3", "--config.norm=gn", "--config.dataset=synthetic"],
+     "config.num_groups=3: must divide the 16 channels"),  # train's checks, before writing
+    ([], "usage: python -m bnlab sweep FILE --workdir DIR [flags], or sweep --grid"),
+    (["FILE", "--grid", "norm=gn"], "the grid of"),
+])
+def test_a_bad_command_line_grid_is_one_line_and_writes_nothing(cli, tmp_path, args, message):
+    args = [str(_sweep_file(tmp_path)) if a == "FILE" else a for a in args]
+    result = cli("sweep", *args, f"--workdir={tmp_path}/w")
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_command_line_grid_sweeps_and_resumes(tmp_path):
+    workdir = tmp_path / "w"
+    args = ("sweep", "--grid", "norm=bn,none", "--grid", "learning_rate=0.01,0.02",
+            "--config.dataset=synthetic", "--config.num_steps=4", "--config.batch_size=16",
+            "--config.log_every=2", "--workdir", workdir)
+    result = bnlab(*args)
+    assert result.returncode == 0, result.stderr
+    _assert_every_run_finished_once(workdir, 4)
+    configs = [tracking.read_json(d / "config.json") for d in (workdir / "runs").iterdir()]
+    assert sorted((c["norm"], c["learning_rate"]) for c in configs) == [
+        ("bn", 0.01), ("bn", 0.02), ("none", 0.01), ("none", 0.02)]
+    recorded = tracking.read_json(workdir / "sweep.json")
+    assert recorded["sweep_file"] is None and len(recorded["grid"]) == 4
+    assert recorded["grid_flags"] == ["norm=bn,none", "learning_rate=0.01,0.02"]
+    again = bnlab(*args)  # a relaunch: every run finished before, none trains again
+    assert again.returncode == 0 and "4 runs, 4 finished before" in again.stdout
+    _assert_every_run_finished_once(workdir, 4)
