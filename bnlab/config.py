@@ -123,7 +123,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number(config, "num_epochs", 0, open_low=True)
     _number(config, "target_accuracy", 0, 1, open_low=True, optional=True)
     for field in ("nesterov", "decay_norm_params", "augment", "mask_padding",
-                  "bn_unbiased_running_var"):
+                  "bn_unbiased_running_var", "bn_noise_static"):
         _boolean(config, field)
     for field in ("num_groups", "group_size", "num_devices", "num_processes"):
         _number(config, field, 1, integer=True, optional=field != "num_groups")
@@ -166,6 +166,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if field != "log_grad_norms" and config.get(field):
             _require(config, field, config.parallel == "none",
                      "diagnostics run on one device (parallel='none')")
+    if "bn_noise" in config:  # a run's config.json from before noisy BN lacks it
+        _number(config, "bn_noise", 0)
+    if config.get("bn_noise"):
+        _require(config, "bn_noise", config.norm == "bn" and config.parallel == "none"
+                 and not config.get("mask_padding", False),
+                 "noisy BN applies to norm='bn' on one device (parallel='none'), unmasked")
+    _require(config, "bn_noise_static", not config.get("bn_noise_static")
+             or config.get("bn_noise", 0) > 0,
+             "fixes noisy BN's draw: needs bn_noise > 0")
     if config.virtual_batch_size is not None:
         _positive_int(config, "virtual_batch_size")
         _require(config, "virtual_batch_size", config.norm == "bn",

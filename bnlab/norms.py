@@ -22,6 +22,7 @@ Which values one statistic averages over (x of shape N×H×W×C):
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -104,7 +105,8 @@ class BatchNorm(nn.Module):
     # Its options, and the config field each comes from (`options`).
     CONFIG: ClassVar[dict[str, str]] = {"epsilon": "norm_epsilon", "momentum": "bn_momentum",
                                         "virtual_batch_size": "virtual_batch_size",
-                                        "unbiased_running_var": "bn_unbiased_running_var"}
+                                        "unbiased_running_var": "bn_unbiased_running_var",
+                                        "noise": "bn_noise", "noise_static": "bn_noise_static"}
 
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -114,6 +116,15 @@ class BatchNorm(nn.Module):
     sync_axis_name: str | tuple[str, ...] | None = None
     sync_groups: tuple[tuple[int, ...], ...] | None = None
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
+    # Noisy BN (Santurkar et al. 2018, §2.1): in training, each output value of each
+    # example becomes s·y + m, s ~ U(1, 1 + noise) and m ~ U(−noise, noise) drawn
+    # anew at every step: BN's outputs no longer keep a steady mean and variance (the
+    # internal covariate shift BN is said to remove comes back). Drawn only where the
+    # caller passes a "noise" rng (the train step and the diagnostics); 0: plain BN.
+    noise: float = 0.0
+    # The control: the same noise, drawn once (a fixed draw per layer and position of
+    # the batch): as much noise, but nothing that moves from one step to the next.
+    noise_static: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True,
@@ -149,6 +160,8 @@ class BatchNorm(nn.Module):
             y = ((xg.astype(jnp.float32) - mean)
                  * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
             y = _affine(self, y, features, x.dtype)
+        if self.noise and not self.is_initializing() and self.has_rng("noise"):
+            y = self._perturb(y)
         if not self.is_initializing():
             # Equal-sized ghost batches and devices: the mean of their statistics is one
             # update (each ghost batch's variance unbiased over its own m values).
@@ -160,6 +173,17 @@ class BatchNorm(nn.Module):
                 batch_mean, batch_var = jax.lax.pmean((batch_mean, batch_var), self.axis_name)
             self._update_running(ra_mean, ra_var, batch_mean, batch_var)
         return y
+
+    def _perturb(self, y: jax.Array) -> jax.Array:
+        if self.noise_static:  # the layer's own fixed key, whatever the step
+            key = jax.random.fold_in(jax.random.key(0),
+                                     zlib.crc32("/".join(self.scope.path).encode()))
+        else:
+            key = self.make_rng("noise")
+        scale_key, shift_key = jax.random.split(key)
+        scale = jax.random.uniform(scale_key, y.shape, jnp.float32, 1.0, 1.0 + self.noise)
+        shift = jax.random.uniform(shift_key, y.shape, jnp.float32, -self.noise, self.noise)
+        return (y.astype(jnp.float32) * scale + shift).astype(y.dtype)
 
     def _sync_size(self, sync) -> int:
         """The devices whose examples pool into one statistic (1 without a sync)."""
@@ -201,6 +225,15 @@ class LayerNorm(nn.Module):
 
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
+    # Noisy BN (Santurkar et al. 2018, §2.1): in training, each output value of each
+    # example becomes s·y + m, s ~ U(1, 1 + noise) and m ~ U(−noise, noise) drawn
+    # anew at every step: BN's outputs no longer keep a steady mean and variance (the
+    # internal covariate shift BN is said to remove comes back). Drawn only where the
+    # caller passes a "noise" rng (the train step and the diagnostics); 0: plain BN.
+    noise: float = 0.0
+    # The control: the same noise, drawn once (a fixed draw per layer and position of
+    # the batch): as much noise, but nothing that moves from one step to the next.
+    noise_static: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -222,6 +255,15 @@ class InstanceNorm(nn.Module):
 
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
+    # Noisy BN (Santurkar et al. 2018, §2.1): in training, each output value of each
+    # example becomes s·y + m, s ~ U(1, 1 + noise) and m ~ U(−noise, noise) drawn
+    # anew at every step: BN's outputs no longer keep a steady mean and variance (the
+    # internal covariate shift BN is said to remove comes back). Drawn only where the
+    # caller passes a "noise" rng (the train step and the diagnostics); 0: plain BN.
+    noise: float = 0.0
+    # The control: the same noise, drawn once (a fixed draw per layer and position of
+    # the batch): as much noise, but nothing that moves from one step to the next.
+    noise_static: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -250,6 +292,15 @@ class GroupNorm(nn.Module):
     group_size: int | None = None
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
+    # Noisy BN (Santurkar et al. 2018, §2.1): in training, each output value of each
+    # example becomes s·y + m, s ~ U(1, 1 + noise) and m ~ U(−noise, noise) drawn
+    # anew at every step: BN's outputs no longer keep a steady mean and variance (the
+    # internal covariate shift BN is said to remove comes back). Drawn only where the
+    # caller passes a "noise" rng (the train step and the diagnostics); 0: plain BN.
+    noise: float = 0.0
+    # The control: the same noise, drawn once (a fixed draw per layer and position of
+    # the batch): as much noise, but nothing that moves from one step to the next.
+    noise_static: bool = False
 
     def groups(self, channels: int) -> int:
         if self.num_groups is None and self.group_size is None:
@@ -319,7 +370,8 @@ def make(name: str, normalize: Normalize | None = None, **options: Any) -> nn.Mo
     """A normalization layer by name: 'bn', 'ln', 'in', 'gn' or 'none'.
 
     Options: BN `momentum`, `epsilon`, `virtual_batch_size` (ghost BN),
-    `unbiased_running_var` (False unless given: see `BatchNorm`); GN
+    `unbiased_running_var` (False unless given: see `BatchNorm`), `noise` (noisy
+    BN); GN
     `num_groups` or `group_size`, `epsilon`; LN and IN `epsilon`. Options that
     the chosen layer does not take are an error, not silently dropped.
     `normalize`: a faster computation of the formula (`bnlab.fast`) for the

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bnlab import data, parallel
-from bnlab.steps import Steps, TrainState, cross_entropy, evaluate, global_norm
+from bnlab import data, optim, parallel
+from bnlab.steps import Steps, TrainState, cross_entropy, evaluate, global_norm, noise_rngs
 
 # Step sizes, in multiples of the learning rate, at which the loss landscape is probed
 # along the gradient (Santurkar et al. 2018, §3.1: ½× to 4× the training step).
@@ -20,10 +20,11 @@ LANDSCAPE_STEPS = (0.5, 1.0, 2.0, 4.0)
 
 
 @functools.lru_cache(maxsize=16)
-def diagnostics_function(model, order: tuple[str, ...], activations: bool, landscape: bool):
-    """(params, batch_stats, images, labels, learning_rate) → {metric: value}, jitted:
-    the diagnostics logged at a log step on one training batch, the network in
-    training mode (BN with this batch's statistics; nothing is updated).
+def diagnostics_function(model, order: tuple[str, ...], activations: bool, landscape: bool,
+                         optimizer: optim.OptimizerSpec | None = None):
+    """(params, batch_stats, opt_state, images, labels, learning_rate) → {metric: value},
+    jitted: the diagnostics logged at a log step on one training batch, the network
+    in training mode (BN with this batch's statistics; nothing is updated).
 
     activations: `act_mean/LAYER`, `act_std/LAYER` of each top-level layer's output.
     landscape (Santurkar et al. 2018): with g the gradient and η the learning rate,
@@ -33,18 +34,26 @@ def diagnostics_function(model, order: tuple[str, ...], activations: bool, lands
     ‖Δg‖/‖Δw‖, the effective β-smoothness). And the internal covariate shift of
     each layer with parameters but the first (their Definition 2.1): G, its
     gradient, against G', its gradient after every layer before it (in `order`)
-    took the step w − η·g on the same batch: `ics/LAYER` = ‖G − G'‖/‖G‖ and
-    `ics_cos/LAYER` = cos(G, G'). The step is plain gradient descent, not the
-    run's optimizer (momentum left out)."""
+    took the step the run's optimizer takes from this state on this batch (with
+    its momentum, weight decay and schedule; plain w − η·g when `optimizer` is
+    None): `ics_l2/LAYER` = ‖G − G'‖ (their measure), `ics/LAYER` = ‖G − G'‖/‖G‖
+    (the same, relative to the gradient's size) and `ics_cos/LAYER` = cos(G, G').
+    With noisy BN, G' is taken with the next draw of the noise: what the layer sees
+    change by the next step (their Figure 2's noisy BN)."""
+    tx = None if optimizer is None else optim.make_optimizer(optimizer)
 
-    def loss_fn(params, batch_stats, images, labels):
+    def loss_fn(params, batch_stats, images, labels, draw=0):
+        # Noisy BN draws its noise here as in a train step; `draw` 1 is the next
+        # step's draw, which the layers above see after the update (no effect
+        # without noise).
         logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                train=True, mutable=["batch_stats"])
+                                train=True, mutable=["batch_stats"],
+                                rngs=noise_rngs(jnp.asarray(draw, jnp.int32), labels))
         return jnp.mean(cross_entropy(logits, labels))
 
     gradient = jax.value_and_grad(loss_fn)
 
-    def diagnose(params, batch_stats, images, labels, learning_rate):
+    def diagnose(params, batch_stats, opt_state, images, labels, learning_rate):
         out = {}
         if activations:
             _, captured = model.apply({"params": params, "batch_stats": batch_stats}, images,
@@ -68,16 +77,22 @@ def diagnostics_function(model, order: tuple[str, ...], activations: bool, lands
         out.update({"landscape/loss_range": jnp.max(losses) - jnp.min(losses),
                     "landscape/grad_change": jnp.max(changes),
                     "landscape/beta": jnp.max(changes / distances)})
+        if tx is None:
+            stepped = jax.tree.map(lambda w, g: w - learning_rate * g, params, grads)
+        else:  # the update the run would take now: what its layers really see move
+            updates, _ = tx.update(grads, opt_state, params)
+            stepped = jax.tree.map(jnp.add, params, updates)
         weighted = [name for name in order if name in params]
         for i, name in enumerate(weighted[1:], start=1):
             before = set(weighted[:i])
-            moved = {k: (jax.tree.map(lambda w, g: w - learning_rate * g, v, grads[k])
-                         if k in before else v) for k, v in params.items()}
-            _, shifted = gradient(moved, batch_stats, images, labels)
+            moved = {k: stepped[k] if k in before else v for k, v in params.items()}
+            _, shifted = gradient(moved, batch_stats, images, labels, 1)
             g, g2 = grads[name], shifted[name]
             dot = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2),
                                                      strict=True))
-            out[f"ics/{name}"] = global_norm(jax.tree.map(jnp.subtract, g, g2)) / global_norm(g)
+            shift = global_norm(jax.tree.map(jnp.subtract, g, g2))
+            out[f"ics_l2/{name}"] = shift
+            out[f"ics/{name}"] = shift / global_norm(g)
             out[f"ics_cos/{name}"] = dot / (global_norm(g) * global_norm(g2))
         return out
 

@@ -76,6 +76,16 @@ def init_state(model, tx, rng, sample, learning_rate, weight_decay) -> TrainStat
                       opt_state)
 
 
+def noise_rngs(step: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """The "noise" rng of a training forward pass (noisy BN's; a model without noise
+    never draws it): from the step and the batch's labels, so that each step draws
+    anew and runs that differ only in their seed (their data order) draw apart, with
+    no seed inside the compiled step (runs of different seeds share it)."""
+    weights = jnp.arange(1, labels.size + 1, dtype=jnp.uint32)
+    digest = jnp.sum(labels.reshape(-1).astype(jnp.uint32) * weights)
+    return {"noise": jax.random.fold_in(jax.random.fold_in(jax.random.key(0), step), digest)}
+
+
 def train_step(model, tx, layout: parallel.Layout, log_grad_norms: bool,
                state: TrainState, totals, images, labels):
     """One SGD step; adds the step's loss, accuracy and (optionally) gradient norms
@@ -84,7 +94,8 @@ def train_step(model, tx, layout: parallel.Layout, log_grad_norms: bool,
 
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                      images, train=True, mutable=["batch_stats"])
+                                      images, train=True, mutable=["batch_stats"],
+                                      rngs=noise_rngs(state.step, labels))
         return jnp.mean(cross_entropy(logits, labels)), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

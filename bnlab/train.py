@@ -525,7 +525,7 @@ class _Member:
     steps_to_target: int | None = None
     diverged_step: int | None = None
     result: dict[str, Any] | None = None  # the summary, once it has ended
-    diagnose: Any = None  # (params, batch_stats, images, labels, lr) → metrics, or None
+    diagnose: Any = None  # (params, batch_stats, opt_state, images, labels, lr) → metrics
     probe_batches: Any = None
 
     def __post_init__(self) -> None:
@@ -644,7 +644,7 @@ def _loop(program: _Program, members: list[_Member], start_step: int) -> None:
                                          + run.train_set.image_shape))
         for m in members:
             m.diagnose = probes.diagnostics_function(run.model, order, config.log_activations,
-                                                     config.log_landscape)
+                                                     config.log_landscape, run.optimizer)
             # Their own batches: the diagnostics leave the training order untouched.
             m.probe_batches = data.train_batches(run.train_set, config.batch_size,
                                                  m.run.config.seed + 2, False)
@@ -712,7 +712,8 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
         with chrono.evaluating():
             if m.diagnose is not None:
                 state = program.member_state(i)
-                values = m.diagnose(state.params, state.batch_stats, *next(m.probe_batches),
+                values = m.diagnose(state.params, state.batch_stats, state.opt_state,
+                                    *next(m.probe_batches),
                                     jnp.float32(learning_rate))
                 row.update({k: float(v) for k, v in jax.device_get(values).items()})
             if tests is not None:

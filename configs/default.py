@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
     # (Flax's convention). Batch normalization itself always uses σ²_B.
     config.bn_unbiased_running_var = True
     config.virtual_batch_size = placeholder(int)  # ghost BN: statistics per sub-batch
+    # Noisy BN (Santurkar et al. 2018): in training, each BN output value y becomes
+    # s·y + m, s ~ U(1, 1 + bn_noise), m ~ U(−bn_noise, bn_noise), redrawn every step.
+    config.bn_noise = 0.0
+    config.bn_noise_static = False  # the same draw at every step: noise, but no shift
     config.num_groups = 8  # gn: groups per layer (the GN paper's 32 exceeds conv1's 16 channels)
     config.group_size = placeholder(int)  # gn: channels per group; overrides num_groups
 

@@ -21,7 +21,8 @@ def _write_runs(folder, rows):
         config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model",
                                       "norm_placement", "mask_padding", "train_size",
                                       "norm_fc1", "eval_train_set", "virtual_batch_size",
-                                      "depth", "num_steps") if k in row}
+                                      "depth", "num_steps", "bn_noise", "bn_noise_static")
+                  if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
         tracking.write_json_atomic(run_dir / "status.json", {"status": status})
@@ -731,7 +732,8 @@ def test_a_margin_below_is_judged_from_the_other_side():
 
 
 @pytest.mark.parametrize("none_ics,verdict", [
-    ({0: 0.29, 1: 0.30, 2: 0.31}, claims.SUPPORTED),       # 3× BN's shift
+    # 3× BN's shift, but without a noisy-BN arm nothing shows BN works *by* it.
+    ({0: 0.29, 1: 0.30, 2: 0.31}, claims.INCONCLUSIVE),
     ({0: 0.099, 1: 0.10, 2: 0.101}, claims.NOT_SUPPORTED),  # the same as BN's
     ({0: 0.02, 1: 0.10, 2: 0.90}, claims.INCONCLUSIVE)])    # seeds spread too wide
 def test_mechanism_verdicts(tmp_path, none_ics, verdict):
@@ -740,9 +742,11 @@ def test_mechanism_verdicts(tmp_path, none_ics, verdict):
         ics = 0.1 * (1 + (row["seed"] - 1) / 100) if row["norm"] == "bn" else none_ics[row["seed"]]
         # Two logs with the same shift in both weight layers; BN's norm layer has its
         # own, left out: only the layers both norms have are compared.
-        metrics = [{"step": step, "ics/conv2": ics, "ics/fc": ics, "ics_cos/conv2": 0.9,
+        # The relative shift says the opposite: the rule reads the absolute one.
+        metrics = [{"step": step, "ics_l2/conv2": ics, "ics_l2/fc": ics, "ics/conv2": 1 / ics,
+                    "ics/fc": 1 / ics, "ics_cos/conv2": 0.9,
                     "landscape/beta": 2.0 if row["norm"] == "bn" else 4.0,
-                    **({"ics/BatchNorm_0": 5.0} if row["norm"] == "bn" else {})}
+                    **({"ics_l2/BatchNorm_0": 5.0} if row["norm"] == "bn" else {})}
                    for step in (10, 20)]
         (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
             "".join(json.dumps(m) + "\n" for m in metrics))
@@ -750,8 +754,56 @@ def test_mechanism_verdicts(tmp_path, none_ics, verdict):
     assert result.verdict == verdict, result
     assert result.details["layers"] == ["conv2", "fc"]
     assert result.details["smoothness_none_over_bn"]["beta"]["value"] == pytest.approx(2.0)
-    if verdict == claims.SUPPORTED:
+    if none_ics[1] == 0.30:
         assert result.estimate.value == pytest.approx(3.0, rel=0.01)
+        assert result.details["bn_reduces_ics"] == claims.SUPPORTED
+        assert "noisy" in result.reason
+
+
+@pytest.mark.parametrize("none_ics,noisy_ics,noisy_accuracy,static_accuracy,verdict", [
+    # BN cuts the shift 3×, the noise brings it back, BN's accuracy stays: not by it.
+    (0.3, 0.3, 0.80, 0.80, claims.NOT_SUPPORTED),
+    # The noise costs 10 points, and held still it costs nothing: the shift did it.
+    (0.3, 0.3, 0.70, 0.80, claims.SUPPORTED),
+    # The noise costs 10 points, but as much held still: noise did it, not the shift.
+    (0.3, 0.3, 0.70, 0.70, claims.NOT_SUPPORTED),
+    # Without the control, a cost cannot be put on the shift.
+    (0.3, 0.3, 0.70, None, claims.INCONCLUSIVE),
+    (0.1, 0.3, 0.70, 0.80, claims.NOT_SUPPORTED),  # BN does not reduce the shift at all
+    (0.3, 0.1, 0.80, 0.80, claims.INCONCLUSIVE),   # the noise did not bring the shift back
+])
+def test_mechanism_verdicts_with_noisy_bn(tmp_path, none_ics, noisy_ics, noisy_accuracy,
+                                          static_accuracy, verdict):
+    """C10 with Santurkar et al.'s noisy BN (and the same noise held still) beside BN
+    and no norm, paired by seed."""
+    jitter = {0: -0.002, 1: 0.0, 2: 0.003}
+    rows = _grid(lambda n, b, r, s: 0.8 + jitter[s], ("bn", "none"))
+    bn = [row for row in rows if row["norm"] == "bn"]
+    rows += [{**row, "bn_noise": 0.5, "test_accuracy": noisy_accuracy + 2 * jitter[row["seed"]]}
+             for row in bn]
+    if static_accuracy is not None:
+        rows += [{**row, "bn_noise": 0.5, "bn_noise_static": True,
+                  "test_accuracy": static_accuracy + 1.5 * jitter[row["seed"]]} for row in bn]
+    runs = _write_runs(tmp_path, rows)
+    for row in runs.to_dict("records"):
+        arm = ("bn" if row["norm"] == "bn" and row.get("bn_noise") != 0.5 else
+               "static" if row.get("bn_noise_static") is True else
+               "noisy" if row["norm"] == "bn" else row["norm"])
+        ics = {"bn": 0.1, "none": none_ics, "noisy": noisy_ics,
+               "static": 0.1}[arm] * (1 + jitter[row["seed"]])
+        metrics = [{"step": step, "ics_l2/conv2": ics, "ics_l2/fc": ics, "ics_cos/conv2": 0.9,
+                    "ics/conv2": 0.2, "landscape/beta": 2.0} for step in (10, 20)]
+        (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
+            "".join(json.dumps(m) + "\n" for m in metrics))
+    result = claims.mechanism_rule(runs)
+    assert result.verdict == verdict, result
+    assert len(result.runs) == 3 * (3 if static_accuracy is None else 4)  # arms × seeds
+    assert result.estimate.value == pytest.approx(none_ics / 0.1, rel=0.01)
+    if none_ics > 0.1:
+        noisy = result.details["noisy_bn"]
+        assert noisy["ics_noisy_over_bn"]["value"] == pytest.approx(noisy_ics / 0.1, rel=0.01)
+        assert noisy["test_accuracy_bn_minus_noisy"]["value"] == pytest.approx(
+            0.8 - noisy_accuracy, abs=0.005)
 
 
 def test_a_layer_logged_without_values_is_still_one_of_the_compared_layers(tmp_path):
@@ -761,7 +813,7 @@ def test_a_layer_logged_without_values_is_still_one_of_the_compared_layers(tmp_p
     for row in runs.to_dict("records"):
         ics = 0.1 if row["norm"] == "bn" else 0.3
         fc = None if (row["norm"], row["seed"]) == ("none", 0) else ics
-        metrics = [{"step": step, "ics/conv2": ics, "ics/fc": fc, "ics_cos/conv2": 0.9,
+        metrics = [{"step": step, "ics_l2/conv2": ics, "ics_l2/fc": fc, "ics_cos/conv2": 0.9,
                     "landscape/beta": 2.0} for step in (10, 20)]
         (tmp_path / "runs" / row["run"] / "metrics.jsonl").write_text(
             "".join(json.dumps(m) + "\n" for m in metrics))

@@ -345,3 +345,69 @@ def test_the_config_field_reaches_the_layer(small_config):
     # A run's config written before the field existed computed the biased variance.
     del config["bn_unbiased_running_var"]
     assert norms.options(config)["unbiased_running_var"] is False
+
+
+def test_noisy_bn_draws_a_scale_and_shift_per_value_only_in_training(make):
+    """Noisy BN (Santurkar et al.): with a "noise" rng, each output value y becomes
+    s·y + m, s ~ U(1, 1 + n), m ~ U(−n, n), a new draw per rng; the statistics and
+    their running averages are BN's own; without the rng, or in eval, plain BN."""
+    x = _x((16, 4, 4, 8))
+    plain_layer, noisy_layer = make("bn"), make("bn", noise=0.5)
+    plain, variables, plain_updates = _apply(plain_layer, x)
+    quiet, _, _ = _apply(noisy_layer, x, variables=variables)
+    np.testing.assert_array_equal(quiet, plain)  # no rng: no noise
+
+    def noisy(key):
+        y, updates = noisy_layer.apply(variables, jnp.asarray(x), train=True,
+                                       mutable=["batch_stats"], rngs={"noise": key})
+        return np.asarray(y, np.float64), updates
+
+    y, updates = noisy(jax.random.key(1))
+    for name in ("mean", "var"):
+        np.testing.assert_array_equal(updates["batch_stats"][name],
+                                      plain_updates["batch_stats"][name])
+    p = plain.astype(np.float64)
+    low, high = np.minimum(p, 1.5 * p) - 0.5, np.maximum(p, 1.5 * p) + 0.5
+    assert np.all((y >= low - 1e-5) & (y <= high + 1e-5))
+    # The least-squares fit y ≈ a·plain + b over 2,048 values: a = E[s] = 1.25, b = E[m] = 0.
+    a, b = np.polyfit(p.ravel(), y.ravel(), 1)
+    assert a == pytest.approx(1.25, abs=0.05) and b == pytest.approx(0.0, abs=0.05)
+    assert np.std(y - 1.25 * p) > 0.2  # per-value noise, not one affine map
+    assert not np.allclose(noisy(jax.random.key(2))[0], y)  # each draw its own
+    evaluated, _, _ = _apply(noisy_layer, x, train=False, variables=variables)
+    np.testing.assert_array_equal(evaluated, _apply(plain_layer, x, train=False,
+                                                    variables=variables)[0])
+    # The control: the same noise whatever the rng (no shift from step to step).
+    static = make("bn", noise=0.5, noise_static=True)
+
+    def fixed(key):
+        return np.asarray(static.apply(variables, jnp.asarray(x), train=True,
+                                       mutable=["batch_stats"], rngs={"noise": key})[0])
+
+    np.testing.assert_array_equal(fixed(jax.random.key(1)), fixed(jax.random.key(2)))
+    assert np.std(fixed(jax.random.key(1)) - 1.25 * p) > 0.2
+
+
+def test_noisy_bn_config_fields(small_config):
+    import ml_collections
+
+    from bnlab import config as config_lib
+
+    config = small_config
+    assert norms.make("bn", **norms.options(config)).noise == 0.0  # the default: plain BN
+    config.update(bn_noise=0.5, bn_noise_static=True)
+    layer = norms.make("bn", **norms.options(config))
+    assert (layer.noise, layer.noise_static) == (0.5, True)
+    config_lib.validate(config)
+    for field, value, message in [("bn_noise", -0.1, "bn_noise=-0.1: must be a finite number"),
+                                  ("norm", "gn", "bn_noise=0.5: noisy BN applies to norm='bn'")]:
+        bad = ml_collections.ConfigDict({**config.to_dict(), field: value})
+        with pytest.raises(ConfigError, match=message):
+            config_lib.validate(bad)
+    bad = ml_collections.ConfigDict({**config.to_dict(), "bn_noise": 0.0})
+    with pytest.raises(ConfigError, match="bn_noise_static=True: fixes noisy BN's draw"):
+        config_lib.validate(bad)
+    # A run's config written before the fields existed is plain BN, and still valid.
+    del config["bn_noise"], config["bn_noise_static"]
+    config_lib.validate(config)
+    assert norms.make("bn", **norms.options(config)).noise == 0.0

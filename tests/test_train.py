@@ -281,12 +281,20 @@ def test_diagnostics_equal_a_hand_computation_and_leave_training_alone(small_con
         return jax.grad(lambda q: loss(q, probe, probe_labels, stats)[0])(p)
 
     g = grad_at(params)
-    # ICS of fc2: every layer before it steps by −η·g, fc2 stays; its gradient moves.
-    moved = {k: (v if k == "fc2" else jax.tree.map(lambda w, d: w - 0.05 * d, v, g[k]))
+    # ICS of fc2: every layer before it takes the step SGD would take now, fc2 stays;
+    # its gradient moves. The step has momentum: the trace after step 1 is step 1's
+    # gradient, so the update is −η·(0.9·g₁ + g), not the plain −η·g.
+    moved = {k: (v if k == "fc2" else
+                 jax.tree.map(lambda w, d, d1: w - 0.05 * (0.9 * d1 + d), v, g[k], grads[k]))
              for k, v in params.items()}
     before, after = flat(g["fc2"]), flat(grad_at(moved)["fc2"])
+    assert first["ics_l2/fc2"] == pytest.approx(np.linalg.norm(before - after), rel=1e-3)
     assert first["ics/fc2"] == pytest.approx(
         np.linalg.norm(before - after) / np.linalg.norm(before), rel=1e-3)
+    plain = {k: (v if k == "fc2" else jax.tree.map(lambda w, d: w - 0.05 * d, v, g[k]))
+             for k, v in params.items()}
+    without_momentum = np.linalg.norm(before - flat(grad_at(plain)["fc2"]))
+    assert abs(first["ics_l2/fc2"] - without_momentum) > 1e-2 * without_momentum
     assert first["ics_cos/fc2"] == pytest.approx(
         before @ after / np.linalg.norm(before) / np.linalg.norm(after), rel=1e-4)
     assert "ics/conv1" not in first  # nothing comes before the first layer
