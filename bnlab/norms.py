@@ -225,15 +225,6 @@ class LayerNorm(nn.Module):
 
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
-    # Noisy BN (Santurkar et al. 2018, §2.1): in training, each output value of each
-    # example becomes s·y + m, s ~ U(1, 1 + noise) and m ~ U(−noise, noise) drawn
-    # anew at every step: BN's outputs no longer keep a steady mean and variance (the
-    # internal covariate shift BN is said to remove comes back). Drawn only where the
-    # caller passes a "noise" rng (the train step and the diagnostics); 0: plain BN.
-    noise: float = 0.0
-    # The control: the same noise, drawn once (a fixed draw per layer and position of
-    # the batch): as much noise, but nothing that moves from one step to the next.
-    noise_static: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -255,15 +246,6 @@ class InstanceNorm(nn.Module):
 
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
-    # Noisy BN (Santurkar et al. 2018, §2.1): in training, each output value of each
-    # example becomes s·y + m, s ~ U(1, 1 + noise) and m ~ U(−noise, noise) drawn
-    # anew at every step: BN's outputs no longer keep a steady mean and variance (the
-    # internal covariate shift BN is said to remove comes back). Drawn only where the
-    # caller passes a "noise" rng (the train step and the diagnostics); 0: plain BN.
-    noise: float = 0.0
-    # The control: the same noise, drawn once (a fixed draw per layer and position of
-    # the batch): as much noise, but nothing that moves from one step to the next.
-    noise_static: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -292,15 +274,6 @@ class GroupNorm(nn.Module):
     group_size: int | None = None
     epsilon: float = 1e-5
     normalize: Normalize | None = None  # the fast formulation, or None: the formula
-    # Noisy BN (Santurkar et al. 2018, §2.1): in training, each output value of each
-    # example becomes s·y + m, s ~ U(1, 1 + noise) and m ~ U(−noise, noise) drawn
-    # anew at every step: BN's outputs no longer keep a steady mean and variance (the
-    # internal covariate shift BN is said to remove comes back). Drawn only where the
-    # caller passes a "noise" rng (the train step and the diagnostics); 0: plain BN.
-    noise: float = 0.0
-    # The control: the same noise, drawn once (a fixed draw per layer and position of
-    # the batch): as much noise, but nothing that moves from one step to the next.
-    noise_static: bool = False
 
     def groups(self, channels: int) -> int:
         if self.num_groups is None and self.group_size is None:
@@ -370,8 +343,8 @@ def make(name: str, normalize: Normalize | None = None, **options: Any) -> nn.Mo
     """A normalization layer by name: 'bn', 'ln', 'in', 'gn' or 'none'.
 
     Options: BN `momentum`, `epsilon`, `virtual_batch_size` (ghost BN),
-    `unbiased_running_var` (False unless given: see `BatchNorm`), `noise` (noisy
-    BN); GN
+    `unbiased_running_var` (False unless given: see `BatchNorm`), `noise` and
+    `noise_static` (noisy BN); GN
     `num_groups` or `group_size`, `epsilon`; LN and IN `epsilon`. Options that
     the chosen layer does not take are an error, not silently dropped.
     `normalize`: a faster computation of the formula (`bnlab.fast`) for the

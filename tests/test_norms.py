@@ -399,6 +399,9 @@ def test_noisy_bn_config_fields(small_config):
     layer = norms.make("bn", **norms.options(config))
     assert (layer.noise, layer.noise_static) == (0.5, True)
     config_lib.validate(config)
+    for name in ("ln", "in", "gn"):  # noise is BN's alone
+        with pytest.raises(ConfigError, match="takes no option"):
+            norms.make(name, noise=0.5)
     for field, value, message in [("bn_noise", -0.1, "bn_noise=-0.1: must be a finite number"),
                                   ("norm", "gn", "bn_noise=0.5: noisy BN applies to norm='bn'")]:
         bad = ml_collections.ConfigDict({**config.to_dict(), field: value})
