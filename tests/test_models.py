@@ -152,7 +152,8 @@ def test_a_config_reaches_the_model_and_its_norm_as_their_options(small_config):
     assert norms.make(config.norm, **norms.options(config)).groups(16) == 8
     config.update(norm="bn", bn_momentum=0.7, virtual_batch_size=4)
     assert norms.options(config) == {"epsilon": config.norm_epsilon, "momentum": 0.7,
-                                     "virtual_batch_size": 4, "unbiased_running_var": True}
+                                     "virtual_batch_size": 4, "unbiased_running_var": True,
+                                     "noise": 0.0, "noise_static": False}
     config.update(model="seq_cnn", mask_padding=True)
     assert models.options(config) == {"norm_placement": "before_activation",
                                       "mask_padding": True}

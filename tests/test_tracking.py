@@ -220,8 +220,10 @@ def test_runs_from_before_the_unbiased_running_variance_are_not_taken_for_new_on
 # does not read them (`config.unread_fields`), each other than its default and
 # valid there; and the fields `config.validate` refuses where they are unread.
 OTHER_VALUES = {"bn_momentum": 0.5, "norm_epsilon": 0.1, "bn_unbiased_running_var": False,
-                 "num_groups": 4, "group_size": 4, "depth": 5, "width": 8}
-REFUSED_UNREAD = {"virtual_batch_size": 4, "mask_padding": True}
+                 "num_groups": 4, "group_size": 4, "depth": 5, "width": 8,
+                 "bn_noise": 0.5, "bn_noise_static": True}
+REFUSED_UNREAD = {"virtual_batch_size": 4, "mask_padding": True, "bn_noise": 0.5,
+                  "bn_noise_static": True}
 
 
 @pytest.mark.parametrize("norm", ["bn", "ln", "in", "gn", "none"])
