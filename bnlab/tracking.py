@@ -236,19 +236,23 @@ def environment() -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
-    """The commit of this bnlab checkout ("+dirty" where bnlab/ or configs/ have
-    changes), or None outside a git checkout."""
+def git_commit(root: Path | None = None) -> str | None:
+    """The commit of this bnlab checkout ("+dirty" where bnlab/, configs/ or the
+    experiment files have changes: a reproduction's runs are configured by
+    experiments/*.py), or None outside a git checkout."""
     from bnlab import resource_dir  # bnlab's __init__: stdlib only
 
-    root = Path(__file__).resolve().parent.parent
-    if resource_dir("configs") != root / "configs":  # installed (`pip install .`): no checkout
-        return None
+    if root is None:
+        root = Path(__file__).resolve().parent.parent
+        if resource_dir("configs") != root / "configs":  # installed (`pip install .`)
+            return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
-                                "bnlab", "configs"], capture_output=True, text=True, timeout=5)
+                                "bnlab", "configs", "experiments",
+                                ":(exclude)experiments/results"],
+                               capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:

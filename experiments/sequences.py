@@ -35,9 +35,12 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     return config
 
 
-# Seeds per set, sized by a pilot (the quick reproduction of 2026-12-05, 3 seeds a
-# set): LN − naive BN spread by ~0.02 per seed, 0.037 from C8's margin: 5 decide.
-SEEDS = {"quick": 5, "full": 5}
+# Seeds per set, sized by the two quick reproductions at 28efa88 (seeds 0… and 100…,
+# 5 a set): LN − naive BN is −0.026 to −0.032, 0.036–0.042 from C8's margin, but its
+# per-seed sd reached 0.031, and one set's half-width
+# 0.039 (t(4) = 2.78). At 10 a set (t(9) = 2.26) that sd gives 0.022: runs of 4 s
+# each, 80 in all.
+SEEDS = {"quick": 10, "full": 5}
 
 
 def get_sweep(scale: str = "quick") -> list[dict]:

@@ -289,3 +289,28 @@ def test_a_config_with_numpy_values_is_the_run_its_config_json_holds(synthetic_c
     flat = {**config_lib.flatten(synthetic_config), "batch_size": np.int64(8),
             "augment": np.bool_(False)}
     assert train.run_digest(flat) == train.run_digest(synthetic_config)
+
+
+def test_the_commit_is_dirty_when_an_experiment_file_changed_not_a_result(tmp_path):
+    """A reproduction's runs are configured by experiments/*.py: an edit there must
+    mark the recorded commit "+dirty" as an edit of bnlab/ does; its results
+    (experiments/results/) are written by the reproduction and must not."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    for name in ("bnlab/a.py", "configs/b.py", "experiments/c.py", "experiments/results/r.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = tracking.git_commit(tmp_path)
+    assert clean is not None and len(clean) == 40
+    (tmp_path / "experiments/results/r.md").write_text("new results\n")
+    (tmp_path / "experiments/results/C1.png").write_text("a figure\n")
+    assert tracking.git_commit(tmp_path) == clean
+    (tmp_path / "experiments/c.py").write_text("x = 2\n")
+    assert tracking.git_commit(tmp_path) == clean + "+dirty"
+    git("checkout", "--", "experiments/c.py")
+    (tmp_path / "bnlab/new.py").write_text("y = 1\n")  # an untracked module counts too
+    assert tracking.git_commit(tmp_path) == clean + "+dirty"
