@@ -1,5 +1,5 @@
 """C8 sequences (and C9): does BN suit padded variable-length sequences badly,
-where LN (and GN) suit them?
+where LN (and GN, from one group to two channels a group) suit them?
 
 Fashion-MNIST rows as sequences (`fashion_mnist_rows`: each image keeps its top 7
 to 28 rows, padded with zero rows to 28) and a small 1-D conv net over time
@@ -46,4 +46,8 @@ SEEDS = {"quick": 10, "full": 5}
 def get_sweep(scale: str = "quick") -> list[dict]:
     return chain(product(axis("norm", ("bn",)), axis("mask_padding", (False, True)),
                          seeds(scale, SEEDS)),
-                 product(axis("norm", ("ln", "gn")), seeds(scale, SEEDS)))
+                 product(axis("norm", ("ln", "gn")), seeds(scale, SEEDS)),
+                 # C9: GN towards IN, 2 of the 64 channels a group (32 groups); LN is
+                 # GN with one group, the config's 8 groups sit between.
+                 product(axis("norm", ("gn",)), axis("group_size", (2,)),
+                         seeds(scale, SEEDS)))

@@ -21,7 +21,8 @@ def _write_runs(folder, rows):
         config = {k: row[k] for k in ("norm", "batch_size", "learning_rate", "seed", "model",
                                       "norm_placement", "mask_padding", "train_size",
                                       "norm_fc1", "eval_train_set", "virtual_batch_size",
-                                      "depth", "num_steps", "bn_noise", "bn_noise_static")
+                                      "depth", "num_steps", "bn_noise", "bn_noise_static",
+                                      "num_groups", "group_size", "dataset")
                   if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
@@ -614,18 +615,23 @@ def test_sequence_verdicts(tmp_path, naive, verdict):
     assert result.details["test_accuracy"]["bn (masked)"] == pytest.approx(0.85)
 
 
-@pytest.mark.parametrize("gn_small,gn_sequences,verdict", [
-    (0.85, 0.85, claims.SUPPORTED),       # GN loses nothing in either regime
-    (0.85, 0.80, claims.NOT_SUPPORTED),   # GN 5 points behind LN on sequences
-    (0.70, 0.85, claims.NOT_SUPPORTED),   # GN 15 points down at batch 2
-    (None, 0.85, claims.INCONCLUSIVE)])   # seeds spread too wide to tell
-def test_alternatives_verdicts(tmp_path, gn_small, gn_sequences, verdict):
+@pytest.mark.parametrize("gn_small,in_small,gn_sequences,verdict", [
+    (0.85, 0.85, 0.85, claims.SUPPORTED),      # GN loses nothing in either regime
+    (0.85, 0.85, 0.80, claims.NOT_SUPPORTED),  # GN 5 points behind LN on sequences
+    (0.70, 0.85, 0.85, claims.NOT_SUPPORTED),  # GN 15 points behind at batch 2
+    # GN loses nothing from batch 32 to 2, but IN is 10 points better there: GN does
+    # not work as well as what else there is (the drop alone said SUPPORTED).
+    (0.85, 0.95, 0.85, claims.NOT_SUPPORTED),
+    (None, 0.85, 0.85, claims.INCONCLUSIVE)])  # seeds spread too wide to tell
+def test_alternatives_verdicts(tmp_path, gn_small, in_small, gn_sequences, verdict):
     def batch_accuracy(norm, batch, rate, seed):
         if norm == "gn" and batch == 2:
             return gn_small + NOISE[seed] if gn_small else [0.60, 0.85, 0.99][seed]
+        if norm == "in" and batch == 2:
+            return in_small + NOISE[seed]
         return 0.85 + NOISE[seed]
 
-    rows = _grid(batch_accuracy, ("bn", "gn"), sizes=(2, 32))
+    rows = _grid(batch_accuracy, ("bn", "gn", "ln", "in"), sizes=(2, 32))
     sequences = _sequence_rows(lambda name, seed: (gn_sequences if name == "gn" else 0.85)
                                + NOISE[seed])
     for row in sequences:
@@ -634,6 +640,41 @@ def test_alternatives_verdicts(tmp_path, gn_small, gn_sequences, verdict):
     result = claims.alternatives_rule(runs)
     assert result.verdict == verdict, result
     assert len(result.details["shortfalls"]) == 2
+    if in_small == 0.95:
+        assert result.details["regimes"]["small batch (model, batch 2)"]["best_other"] == (
+            "IN (G = C)")
+        shortfall, = [v for k, v in result.details["shortfalls"].items()
+                      if k.startswith("small batch")]
+        assert shortfall["value"] == pytest.approx(0.10)
+
+
+def test_alternatives_ranks_gn_from_ln_to_in_and_judges_gn_as_configured(tmp_path):
+    """GN at a finer group size (2 channels a group) is ranked between GN as
+    configured and IN, and is not the GN judged: here it is 10 points behind, and GN
+    as configured (8 groups) loses nothing. C8 reads GN as configured too."""
+    sequences = _sequence_rows(lambda name, seed: 0.85 + NOISE[seed])
+    for row in sequences:
+        row.update(batch_size=7, num_groups=8)
+    sequences += [{"norm": "gn", "group_size": 2, "num_groups": 8, "seed": seed,
+                   "batch_size": 7, "mask_padding": False, "test_accuracy": 0.75 + NOISE[seed]}
+                  for seed in (0, 1, 2)]
+    rows = _grid(lambda n, b, r, s: 0.85 + NOISE[s], ("bn", "gn", "ln", "in"), sizes=(2, 32))
+    rows += [{"norm": "gn", "group_size": 2, "batch_size": 2, "learning_rate": 0.1, "seed": s,
+              "test_accuracy": 0.84 + NOISE[s]} for s in (0, 1, 2)]
+    runs = _write_runs(tmp_path, rows + sequences)
+    result = claims.alternatives_rule(runs)
+    assert result.verdict == claims.SUPPORTED, result
+    regimes = result.details["regimes"]
+    assert list(regimes) == ["small batch (model, batch 2)", "sequences"]
+    assert regimes["sequences"]["from_ln_to_in"] == ["LN (G = 1)", "GN (G = 8)",
+                                                     "GN (2 channels a group)"]
+    assert regimes["sequences"]["gn"] == "GN (G = 8)"
+    assert regimes["sequences"]["test_accuracy"]["GN (2 channels a group)"]["value"] == (
+        pytest.approx(0.75))
+    assert list(regimes["small batch (model, batch 2)"]["test_accuracy"]) == [
+        "BN", "LN (G = 1)", "GN", "GN (2 channels a group)", "IN (G = C)"]
+    assert claims.sequence_rule(runs).details["test_accuracy"]["gn"] == pytest.approx(0.85)
+    assert claims.small_batch_rule(runs).verdict == claims.NOT_SUPPORTED  # BN drops nothing
 
 
 def test_a_diverged_run_scores_chance_and_keeps_its_seed(tmp_path):
@@ -648,8 +689,8 @@ def test_a_diverged_run_scores_chance_and_keeps_its_seed(tmp_path):
         row["batch_size"] = 7
     result = claims.alternatives_rule(_write_runs(tmp_path, rows + sequences))
     assert result.verdict != claims.SUPPORTED, result
-    drop = result.details["shortfalls"]["small batch (model): GN's drop from 32 to 2"]
-    assert drop["value"] == pytest.approx((0.85 - claims.CHANCE) / 3)
+    shortfall = result.details["shortfalls"]["small batch (model, batch 2): BN minus GN"]
+    assert shortfall["value"] == pytest.approx((0.85 - claims.CHANCE) / 3)
 
 
 def test_learning_rate_brackets_each_arm_on_its_own_rates(tmp_path):
