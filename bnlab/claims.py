@@ -228,6 +228,12 @@ MARGINS: dict[str, Margin] = {
                   "and a net that does not train stays at chance (10% here); 5 points is "
                   "well above a trained net's spread over seeds and far below that "
                   "difference"),
+    # Added 2026-12-06, before its runs (a pilot of 4 seeds sized the perturbations:
+    # noise of std 0.1 cost under 2 points, too little to tell anything apart).
+    "C12": Margin(0.02, "less accuracy lost to small input changes (no norm's loss − BN's)",
+                  "Galloway et al. 2019 find BN costs robustness to small noise and "
+                  "adversarial steps, by double-digit percentages on five datasets; 2 points "
+                  "is the least 'more robust' can mean beside losses of 2 to 12 points"),
     "C10": Margin(1.25, "reduction of internal covariate shift (no norm's ÷ BN's)",
                   "Santurkar et al. 2018 find BN's ICS similar or larger; a 25% reduction is "
                   "the least that 'works by reducing ICS' could rest on", log=True),
@@ -1118,6 +1124,159 @@ def _speed_figure(verdict: Verdict, fig: Figure) -> None:
     fig.suptitle(_title(verdict))
 
 
+# C12's perturbations, by the metric each leaves (`probes.final_robustness_evaluations`):
+# the Gaussian noise decides (the article's "small changes of the input"), the FGSM
+# step, the worst small change, is judged beside it.
+ROBUST_METRICS = {"noise": "robust_noise_accuracy", "fgsm": "robust_fgsm_accuracy"}
+
+
+def _robust_cells(runs: pd.DataFrame) -> dict[tuple[str, float], pd.DataFrame] | None:
+    """The learning-rate experiment's bn and none runs by (norm, rate), where they
+    measured robustness (`robust_noise`); None without both norms."""
+    finished = _finished(runs)
+    if "robust_clean_accuracy" not in finished:
+        return None
+    groups = [g for g in _comparable(finished, ("learning_rate",))
+              if {"bn", "none"} <= set(g["norm"])
+              and pd.to_numeric(g.get("robust_noise"), errors="coerce").fillna(0).gt(0).all()]
+    if not groups:
+        return None
+    cells = {(norm, float(rate)): cell
+             for (norm, rate), cell in groups[0].groupby(["norm", "learning_rate"])
+             if norm in ("bn", "none")}
+    return cells if {n for n, _ in cells} == {"bn", "none"} else None
+
+
+UNTRAINED = (f"an arm's mean clean accuracy is within {100 * TRAINS_ABOVE_CHANCE:g} points "
+             "of chance: a model that has not learned has little to lose, so its "
+             "robustness says nothing")
+
+
+def _trained(accuracy: dict[Any, float]) -> bool:
+    """Whether an arm learned: mean accuracy above chance by `TRAINS_ABOVE_CHANCE`."""
+    return bool(accuracy) and float(np.nanmean(list(accuracy.values()))) > (
+        CHANCE + TRAINS_ABOVE_CHANCE)
+
+
+def _drops(cell: pd.DataFrame, metric: str) -> dict[Any, float]:
+    """{seed: accuracy on the unperturbed examples minus under the perturbation}; a
+    diverged run scores chance on both (`_by_seed`), so no drop."""
+    clean, perturbed = _by_seed(cell, "robust_clean_accuracy"), _by_seed(cell, metric)
+    return {s: clean[s] - perturbed[s] for s in clean if s in perturbed}
+
+
+def robustness_rule(runs: pd.DataFrame) -> Verdict:
+    """C12: BN's batch noise makes a model more robust to small changes of its input.
+    The learning-rate experiment's SimpleCNN runs, each norm at its tuned rate (the
+    rate of the best mean test accuracy over the other seeds, `_cross_fitted`: both
+    norms at their best clean accuracy, as near equal as the grid makes them). Effect:
+    the accuracy lost to Gaussian noise (`robust_noise` on the 0-1 pixel scale) on
+    the same test examples, no norm's loss minus BN's, paired per seed (the noise is
+    the seed's, the same for both): positive when BN keeps more. One FGSM step
+    (`robust_fgsm`) judged the same way beside it; both at every rate both norms ran
+    in the details."""
+    cells = _robust_cells(runs)
+    if cells is None:
+        return _not_measured("C12", "needs bn and none runs over learning rates with "
+                             "robust_noise and robust_fgsm set, all else equal")
+    margin = MARGINS["C12"]
+    chosen, clean = {}, {}
+    for norm in ("bn", "none"):
+        by_rate = {r: _by_seed(c, "test_accuracy") for (n, r), c in cells.items() if n == norm}
+        _, chosen[norm] = _cross_fitted(by_rate)
+
+    def at_tuned(norm: str, values) -> dict[Any, float]:
+        """{seed: the value at its norm's rate chosen without it}."""
+        return {int(seed): values(cells[norm, rate]).get(int(seed), math.nan)
+                for seed, rate in chosen[norm].items() if (norm, rate) in cells}
+
+    for norm in ("bn", "none"):
+        clean[norm] = at_tuned(norm, lambda c: _by_seed(c, "robust_clean_accuracy"))
+    estimates, settings = {}, []
+    for kind, metric in ROBUST_METRICS.items():
+        if metric not in runs:
+            continue
+        drop = {n: at_tuned(n, lambda c, m=metric: _drops(c, m)) for n in ("bn", "none")}
+        estimate = paired([(1, drop["none"]), (-1, drop["bn"])])
+        each = []
+        for rate in sorted({r for n, r in cells if ("bn", r) in cells and ("none", r) in cells}):
+            at = paired([(1, _drops(cells["none", rate], metric)),
+                         (-1, _drops(cells["bn", rate], metric))])
+            trained = all(_trained(_by_seed(cells[n, rate], "robust_clean_accuracy"))
+                          for n in ("bn", "none"))
+            each.append({"learning_rate": rate,
+                         "verdict": decide(at, margin.judged) if trained else INCONCLUSIVE,
+                         **({} if trained else {"reason": UNTRAINED}),
+                         "estimate": at.jsonable(),
+                         "mean_drop": {n: float(np.nanmean(list(_drops(cells[n, rate],
+                                                                       metric).values())))
+                                       for n in ("bn", "none")}})
+        estimates[kind] = estimate
+        settings.append({"setting": kind, "verdict": decide(estimate, margin.judged),
+                         "estimate": estimate.jsonable(),
+                         "mean_drop": {n: float(np.nanmean(list(v.values())))
+                                       for n, v in drop.items()},
+                         "at_each_learning_rate": each})
+    if "noise" not in estimates:
+        return _not_measured("C12", "needs runs with robust_noise set")
+    trained = all(_trained(clean[n]) for n in ("bn", "none"))
+    if not trained:
+        for setting in settings:
+            setting.update(verdict=INCONCLUSIVE, reason=UNTRAINED)
+    first = cells[next(iter(cells))].iloc[0]
+    noise, fgsm = first.get("robust_noise"), first.get("robust_fgsm")
+    names = {"noise": f"Gaussian noise of std {noise:g}",
+             "fgsm": f"one FGSM step of {fgsm:g}" if fgsm else "no FGSM step"}
+    details = {"perturbation": names["noise"], "pixel_scale": "0 to 1, images clipped to it",
+               "test_examples": int(first.get("robust_test_examples", 0)),
+               "learning_rate_chosen_without_the_seed": chosen,
+               "mean_clean_accuracy": {n: float(np.nanmean(list(v.values())))
+                                       for n, v in clean.items()},
+               "noise": next(x for x in settings if x["setting"] == "noise"),
+               "other_settings": [{**x, "setting": names[x["setting"]]} for x in settings
+                                  if x["setting"] != "noise"]}
+    if not details["other_settings"]:
+        del details["other_settings"]
+    effect = (f"accuracy lost to {names['noise']} (0-1 pixel scale), no norm's loss minus "
+              "BN's, each at its tuned rate (chosen per seed on the other seeds)")
+    used = pd.concat([cells[n, r] for n in ("bn", "none") for r in set(chosen[n].values())
+                      if (n, r) in cells])
+    verdict = decide(estimates["noise"], margin.judged) if trained else INCONCLUSIVE
+    return Verdict("C12", verdict, effect, estimates["noise"], details, used,
+                   reason="" if trained else UNTRAINED)
+
+
+def _robustness_figure(verdict: Verdict, fig: Figure) -> None:
+    """Accuracy lost to each perturbation against the learning rate, per norm (mean
+    over seeds); and the effect (no norm's loss − BN's) at each rate with the margin."""
+    left, right = _panels(fig, 2)
+    settings = [verdict.details["noise"], *verdict.details.get("other_settings", [])]
+    names = [verdict.details["perturbation"],
+             *(x["setting"] for x in verdict.details.get("other_settings", []))]
+    for i, (setting, name) in enumerate(zip(settings, names, strict=True)):
+        each = setting["at_each_learning_rate"]
+        rates = [x["learning_rate"] for x in each]
+        for j, norm in enumerate(("bn", "none")):
+            left.plot(rates, [100 * x["mean_drop"][norm] for x in each], ["o-", "s--"][i],
+                      color=f"C{j}", label=f"{norm}: {name}")
+        values = [100 * x["estimate"]["value"] for x in each]
+        low = [100 * (x["estimate"]["value"] - x["estimate"]["low"]) for x in each]
+        high = [100 * (x["estimate"]["high"] - x["estimate"]["value"]) for x in each]
+        right.errorbar(np.array(rates) * (1.04 if i else 1), values, yerr=[low, high],
+                       fmt=["o", "s"][i], capsize=3, color=f"C{2 + i}", label=name)
+    left.set_xscale("log")
+    left.set_xlabel("learning rate")
+    left.set_ylabel("accuracy lost (points; mean over seeds)")
+    left.legend(fontsize=7)
+    right.axhline(100 * MARGINS["C12"].value, color="k", ls="--", lw=1, label="margin")
+    right.axhline(0, color="gray", lw=0.5)
+    right.set_xscale("log")
+    right.set_xlabel("learning rate (both norms)")
+    right.set_ylabel("no norm's loss − BN's (points, 95% paired interval)")
+    right.legend(fontsize=7)
+    fig.suptitle(_title(verdict))
+
+
 def placement_rule(runs: pd.DataFrame) -> Verdict:
     """C6: BN between the convolution and the activation beats BN after the
     activation. Effect: test accuracy, before minus after, means over seeds."""
@@ -1680,6 +1839,11 @@ CLAIMS: tuple[Claim, ...] = (
           "larger ICS, and a much smoother loss landscape; BN with noise after it, which "
           "brings the shift back, trains about as well as BN (their noisy BN)",
           figure=_mechanism_figure, margin=MARGINS["C10"]),
+    Claim("C12", "robustness", "BN's batch noise makes the model more robust to small "
+          "changes of the input", ("learning_rate",), robustness_rule,
+          "Galloway et al. 2019: BN lowers accuracy under small Gaussian noise and "
+          "adversarial perturbations (the opposite of the claim)",
+          figure=_robustness_figure, margin=MARGINS["C12"]),
     Claim("C13", "depth", "BN lets deeper networks train",
           ("gradient_flow",), depth_rule,
           "He et al. 2016: 20- to 56-layer plain nets train with BN (their degradation "

@@ -175,6 +175,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, "bn_noise_static", not config.get("bn_noise_static")
              or config.get("bn_noise", 0) > 0,
              "fixes noisy BN's draw: needs bn_noise > 0")
+    for field in ("robust_noise", "robust_fgsm"):
+        if field in config:  # a run's config.json from before C12 lacks them
+            _number(config, field, 0, 1)
+        if config.get(field):
+            from bnlab import data  # data imports this module: not at the top
+
+            _require(config, field, config.dataset in data.PIXEL_DATASETS,
+                     "perturbs pixels on the 0-1 scale: needs a dataset of known pixel "
+                     f"statistics ({', '.join(data.PIXEL_DATASETS)})")
+            _require(config, field, config.parallel == "none",
+                     "robustness is evaluated on one device (parallel='none')")
     if config.virtual_batch_size is not None:
         _positive_int(config, "virtual_batch_size")
         _require(config, "virtual_batch_size", config.norm == "bn",

@@ -36,6 +36,18 @@ CHANNEL_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 
+# The datasets whose every input value is a pixel normalized by CHANNEL_STATS: a
+# change on the 0-1 pixel scale maps onto them exactly (C12's perturbations).
+PIXEL_DATASETS = tuple(CHANNEL_STATS)
+
+
+def pixel_range(name: str, change: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a dataset of `PIXEL_DATASETS`: `change` on the 0-1 pixel scale in
+    normalized units, per channel, and the normalized values of pixels 0 and 1 (the
+    range an image stays in)."""
+    mean, std = (np.asarray(x, np.float32) for x in CHANNEL_STATS[name])
+    return np.float32(change) / std, -mean / std, (1 - mean) / std
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:

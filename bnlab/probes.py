@@ -1,6 +1,7 @@
 """What a run measures beside its loss and accuracy: the diagnostics logged during
 training (activations, the loss landscape, internal covariate shift) and the
-final evaluations (PreciseBN, BN with batch statistics, padded sequences)."""
+final evaluations (PreciseBN, BN with batch statistics, padded sequences,
+robustness to small input changes)."""
 
 from __future__ import annotations
 
@@ -196,4 +197,58 @@ def final_padding_evaluations(config: ml_collections.ConfigDict, model, state: T
         short = _predictions(model, state, test.images, config.batch_size, True)
         long = _predictions(model, state, longer, config.batch_size, True)
         out["prediction_change_padded_batch_stats"] = float(np.mean(short != long))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _robust_functions(model):
+    """Jitted (state, images, labels) → correct predictions, and (state, images,
+    labels, step, low, high) → the images after one FGSM step: x + step·sign(∇x loss),
+    clipped to [low, high]; the network as evaluated (running statistics)."""
+    def logits(state: TrainState, images):
+        return model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                           images, train=False)
+
+    def correct(state, images, labels):
+        return jnp.sum(jnp.argmax(logits(state, images), -1) == labels)
+
+    def fgsm(state, images, labels, step, low, high):
+        def loss(x):
+            return jnp.sum(cross_entropy(logits(state, x), labels))
+        moved = images + step * jnp.sign(jax.grad(loss)(images))
+        return jnp.clip(moved, low, high)
+
+    return jax.jit(correct), jax.jit(fgsm)
+
+
+def final_robustness_evaluations(config: ml_collections.ConfigDict, model, state: TrainState,
+                                 test: data.Dataset) -> dict[str, float]:
+    """C12: accuracy on `test` as it is (`robust_clean_accuracy`), with Gaussian noise
+    of std `robust_noise` added to every pixel (`robust_noise_accuracy`) and after
+    one FGSM step of size `robust_fgsm` (`robust_fgsm_accuracy`), both on the 0-1
+    pixel scale and clipped to it. The noise is drawn from the run's seed alone, so
+    runs of one seed see the same noise whatever their norm or rate (paired)."""
+    if not (config.get("robust_noise") or config.get("robust_fgsm")):
+        return {}
+    correct, fgsm = _robust_functions(model)
+    size = min(config.eval_batch_size, len(test))
+    batches = [(test.images[i:i + size], test.labels[i:i + size])
+               for i in range(0, len(test), size)]
+
+    def accuracy(perturb) -> float:
+        return sum(int(correct(state, perturb(x, y), y)) for x, y in batches) / len(test)
+
+    out = {"robust_clean_accuracy": accuracy(lambda x, y: x),
+           "robust_test_examples": len(test)}
+    if config.get("robust_noise"):
+        std, low, high = data.pixel_range(test.name, config.robust_noise)
+        noise = np.random.default_rng([int(config.seed), 12]).standard_normal(
+            test.images.shape, np.float32) * std
+        noisy = np.clip(test.images + noise, low, high)
+        out["robust_noise_accuracy"] = sum(
+            int(correct(state, noisy[i:i + size], test.labels[i:i + size]))
+            for i in range(0, len(test), size)) / len(test)
+    if config.get("robust_fgsm"):
+        step, low, high = data.pixel_range(test.name, config.robust_fgsm)
+        out["robust_fgsm_accuracy"] = accuracy(lambda x, y: fgsm(state, x, y, step, low, high))
     return out

@@ -300,8 +300,7 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
                 "generative models and a perceptual judgement that bnlab's classifiers on "
                 "Fashion-MNIST cannot give honestly. Not yet built: \"the larger the batch, "
                 "the closer its statistics to the data set's, the better\" (C11; C5's "
-                "ghost batches measure the \"better\") and \"more robust to small changes "
-                "of the input\" (C12)."]
+                "ghost batches measure the \"better\")."]
     facts = provenance(runs, about)
     timing = _time_lines(runs, about)
     closing = ([""] + _provenance_lines(facts) + ([""] + timing if timing else []) + [""]

@@ -88,6 +88,13 @@ def get_config() -> ml_collections.ConfigDict:
     # side of a generalization gap (train_accuracy is the running mean over the last
     # training batches, in training mode, while the weights still moved).
     config.eval_train_set = False
+    # At the end, robustness to small input changes (C12), on the curves' test examples
+    # (curve_test_size; all without it), the model as evaluated (running statistics):
+    # accuracy with Gaussian noise of this std added to every pixel (0-1 pixel scale,
+    # the image clipped to it), and after one FGSM step of this size (Goodfellow et
+    # al. 2015; L∞ on the same scale). 0 = not measured.
+    config.robust_noise = 0.0
+    config.robust_fgsm = 0.0
     # Steps fused into one call (lax.scan) over the dataset held on the device: fewer
     # launches for small batches (SimpleCNN at batch 8 on an H100: 4,169 against 832
     # steps/s). 0 = automatic: log_every steps per call on an accelerator when the run

@@ -22,14 +22,17 @@ def _write_runs(folder, rows):
                                       "norm_placement", "mask_padding", "train_size",
                                       "norm_fc1", "eval_train_set", "virtual_batch_size",
                                       "depth", "num_steps", "bn_noise", "bn_noise_static",
-                                      "num_groups", "group_size", "dataset")
+                                      "num_groups", "group_size", "dataset",
+                                      "robust_noise", "robust_fgsm")
                   if k in row}
         status = row.get("status", "done")
         tracking.write_json_atomic(run_dir / "config.json", config)
         tracking.write_json_atomic(run_dir / "status.json", {"status": status})
         summary = {"status": status, "test_accuracy": row.get("test_accuracy"),
                    "train_accuracy": row.get("train_accuracy", row.get("test_accuracy")),
-                   **{k: row[k] for k in ("final_train_accuracy",) if k in row}}
+                   **{k: v for k, v in row.items()
+                      if k == "final_train_accuracy" or (k.startswith("robust_")
+                      and k.endswith(("accuracy", "examples")))}}
         tracking.write_json_atomic(run_dir / "summary.json", summary)
     return analysis.load_runs(folder)
 
@@ -902,3 +905,87 @@ def test_paired_differences_cancel_what_a_seed_does_to_both_arms():
     assert pair.high - pair.low < (welch.high - welch.low) / 5
     # Only seeds both arms have count.
     assert stats.paired([(1, {**a, 3: 5.0}), (-1, b)]).value == pytest.approx(0.02)
+
+
+def _robust_rows(clean, loss, rates=(0.1,), seeds=range(6), diverged=()):
+    """Learning-rate runs that measured robustness: clean(norm, rate) accuracy, and
+    loss(norm, rate, seed, kind) the accuracy lost to kind ("noise", "fgsm")."""
+    rows = []
+    for norm in ("bn", "none"):
+        for rate in rates:
+            for seed in seeds:
+                base = clean(norm, rate)
+                rows.append({"norm": norm, "learning_rate": rate, "seed": seed,
+                             "model": "simple_cnn", "robust_noise": 0.2, "robust_fgsm": 0.02,
+                             "status": "diverged" if (norm, rate) in diverged else "done",
+                             "test_accuracy": base, "robust_clean_accuracy": base,
+                             "robust_test_examples": 2000,
+                             "robust_noise_accuracy": base - loss(norm, rate, seed, "noise"),
+                             "robust_fgsm_accuracy": base - loss(norm, rate, seed, "fgsm")})
+    return rows
+
+
+SPREAD = {0: -0.003, 1: 0.002, 2: 0.0, 3: 0.003, 4: -0.002, 5: 0.0}  # per seed, mean 0
+
+
+@pytest.mark.parametrize("bn_loss,none_loss,verdict", [
+    (0.08, 0.02, claims.NOT_SUPPORTED),  # BN loses 6 points more: Galloway et al.'s finding
+    (0.01, 0.06, claims.SUPPORTED),      # BN keeps 5 points more than no norm
+    (0.01, 0.03, claims.INCONCLUSIVE)])  # 2 points, on the margin
+def test_robustness_verdicts(tmp_path, bn_loss, none_loss, verdict):
+    def loss(norm, rate, seed, kind):
+        return (bn_loss if norm == "bn" else none_loss) + (SPREAD[seed] if norm == "bn" else 0)
+
+    runs = _write_runs(tmp_path, _robust_rows(lambda n, r: 0.8, loss))
+    result = claims.robustness_rule(runs)
+    assert result.verdict == verdict, result
+    assert result.estimate.value == pytest.approx(none_loss - bn_loss)
+    assert result.details["noise"]["mean_drop"] == pytest.approx({"bn": bn_loss,
+                                                                  "none": none_loss})
+    fgsm, = result.details["other_settings"]
+    assert fgsm["setting"] == "one FGSM step of 0.02" and fgsm["verdict"] == verdict
+    assert result.details["test_examples"] == 2000
+
+
+def test_robustness_compares_each_norm_at_its_tuned_rate(tmp_path):
+    """BN tests best at 0.01, no norm at 0.1 (the quick grid's pattern). There BN
+    loses 10 points to noise and no norm 6: NOT SUPPORTED, although at 0.1, a rate
+    BN is not tuned to, BN loses 1 and no norm 6 (SUPPORTED there, in the details)."""
+    def clean(norm, rate):
+        return {("bn", 0.01): 0.83, ("bn", 0.1): 0.80, ("none", 0.01): 0.75,
+                ("none", 0.1): 0.81}[norm, rate]
+
+    def loss(norm, rate, seed, kind):
+        return {("bn", 0.01): 0.10, ("bn", 0.1): 0.01, ("none", 0.01): 0.06,
+                ("none", 0.1): 0.06}[norm, rate] + SPREAD[seed]
+
+    runs = _write_runs(tmp_path, _robust_rows(clean, loss, rates=(0.01, 0.1)))
+    result = claims.robustness_rule(runs)
+    chosen = result.details["learning_rate_chosen_without_the_seed"]
+    assert set(chosen["bn"].values()) == {0.01} and set(chosen["none"].values()) == {0.1}
+    assert result.estimate.value == pytest.approx(0.06 - 0.10)
+    assert result.verdict == claims.NOT_SUPPORTED
+    assert result.details["mean_clean_accuracy"] == pytest.approx({"bn": 0.83, "none": 0.81})
+    at_rate = {x["learning_rate"]: x for x in result.details["noise"]["at_each_learning_rate"]}
+    assert at_rate[0.1]["estimate"]["value"] == pytest.approx(0.05)
+    assert at_rate[0.1]["verdict"] == claims.SUPPORTED
+
+
+def test_robustness_of_an_arm_that_did_not_learn_decides_nothing(tmp_path):
+    # No norm at 0.2 (chance + 10 points): it loses nothing to noise because it has
+    # nothing to lose; BN "less robust" by 5 points would be an artefact.
+    runs = _write_runs(tmp_path, _robust_rows(
+        lambda n, r: 0.8 if n == "bn" else 0.2,
+        lambda n, r, s, k: (0.05 if n == "bn" else 0.0) + SPREAD[s]))
+    result = claims.robustness_rule(runs)
+    assert result.verdict == claims.INCONCLUSIVE
+    assert "has not learned" in result.reason
+    assert all(x["verdict"] == claims.INCONCLUSIVE
+               for x in result.details["noise"]["at_each_learning_rate"])
+
+
+def test_robustness_is_not_measured_without_the_perturbations(tmp_path):
+    rows = [{k: v for k, v in row.items() if not k.startswith("robust_")}
+            for row in _robust_rows(lambda n, r: 0.8, lambda n, r, s, k: 0.0)]
+    result = claims.robustness_rule(_write_runs(tmp_path, rows))
+    assert result.verdict == claims.NOT_MEASURED

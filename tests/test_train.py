@@ -352,3 +352,43 @@ def test_eval_train_set_scores_the_model_on_its_whole_training_set(small_config,
     small_config.eval_train_set = False
     assert "final_train_accuracy" not in train.train_and_evaluate(small_config,
                                                                   str(tmp_path / "plain"))
+
+
+def test_robustness_evaluations_equal_a_hand_computation_in_pixel_space(small_config,
+                                                                         tmp_path):
+    """C12's final evaluations on the curves' first 300 test examples: accuracy as
+    they are, with Gaussian noise of std 0.2 and after one FGSM step of 0.02, both on
+    the 0-1 pixel scale. With a learning rate of 1e-12 and no norm the model is its
+    initialization; here the images are taken back to pixels, perturbed and clipped
+    there, and normalized again, by hand."""
+    small_config.update(norm="none", learning_rate=1e-12, momentum=0.0, num_steps=3,
+                        curve_test_size=300, robust_noise=0.2, robust_fgsm=0.02)
+    summary = train.train_and_evaluate(small_config, str(tmp_path / "run"))
+    run = train.prepare(small_config)
+    variables = run.model.init(jax.random.key(small_config.seed),
+                               jnp.zeros((small_config.batch_size,) + run.train_set.image_shape),
+                               train=True)
+    images, labels = run.test_set.images[:300], run.test_set.labels[:300]
+    mean, std = 0.2860, 0.3530  # Fashion-MNIST's train-split pixel statistics
+    pixels = images * std + mean
+
+    def accuracy(pixel_images):
+        normalized = ((pixel_images - mean) / std).astype(np.float32)
+        logits = run.model.apply(variables, jnp.asarray(normalized), train=False)
+        return np.mean(np.asarray(logits).argmax(1) == labels)
+
+    def loss(pixel_images):
+        logits = run.model.apply(variables, (pixel_images - mean) / std, train=False)
+        return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    noise = np.random.default_rng([small_config.seed, 12]).standard_normal(
+        images.shape, np.float32)  # the run's seed draws it: paired across norms
+    noisy = np.clip(pixels + 0.2 * noise, 0.0, 1.0)
+    stepped = np.clip(pixels + 0.02 * np.sign(np.asarray(jax.grad(loss)(jnp.asarray(pixels)))),
+                      0.0, 1.0)
+    assert summary["robust_test_examples"] == 300
+    assert summary["robust_clean_accuracy"] == accuracy(pixels)
+    assert summary["robust_noise_accuracy"] == accuracy(noisy)
+    assert summary["robust_fgsm_accuracy"] == accuracy(stepped)
+    # A perturbation that changes the input: the step really moved the predictions.
+    assert accuracy(stepped) < accuracy(pixels)
