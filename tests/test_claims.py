@@ -10,6 +10,7 @@ import pytest
 from conftest import assert_one_line_error
 
 from bnlab import analysis, claims, stats, tracking
+from bnlab.claims import base as claims_base
 
 
 def _write_runs(folder, rows):
@@ -169,7 +170,7 @@ def test_runs_compare_whatever_they_say_of_fields_their_norm_does_not_read(tmp_p
             config.update(num_groups=4)
         tracking.write_json_atomic(run_dir / "config.json", config)
     runs = analysis.load_runs(tmp_path)
-    assert len(claims._comparable(runs, ("batch_size",))) == 1
+    assert len(claims_base._comparable(runs, ("batch_size",))) == 1
     result = claims.small_batch_rule(runs)
     assert result.verdict == claims.SUPPORTED, result
     assert result.estimate.value == pytest.approx(0.15)
@@ -177,7 +178,7 @@ def test_runs_compare_whatever_they_say_of_fields_their_norm_does_not_read(tmp_p
     # they keep their own value (BN's 2 meets GN's 2; BN's 8 meets nothing).
     flipped = runs.copy()
     flipped.loc[flipped["seed"] == 0, "num_groups"] = 2
-    groups = claims._comparable(flipped, ("batch_size",))
+    groups = claims_base._comparable(flipped, ("batch_size",))
     assert sorted(sorted(set(zip(g["norm"], g["num_groups"], strict=True))) for g in groups) \
         == [[("bn", 2), ("gn", 2)], [("bn", 8)], [("gn", 4)]]
 
