@@ -175,6 +175,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, "bn_noise_static", not config.get("bn_noise_static")
              or config.get("bn_noise", 0) > 0,
              "fixes noisy BN's draw: needs bn_noise > 0")
+    sizes = config.get("stat_error_batches") or ()
+    _require(config, "stat_error_batches",
+             isinstance(sizes, tuple | list) and all(
+                 isinstance(s, int) and not isinstance(s, bool) and 2 <= s <= 4096
+                 for s in sizes),
+             "batch sizes from 2 to 4096, e.g. (2, 8, 32, 128)")
     for field in ("robust_noise", "robust_fgsm"):
         if field in config:  # a run's config.json from before C12 lacks them
             _number(config, field, 0, 1)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from bnlab import data, optim, parallel
 from bnlab.steps import Steps, TrainState, cross_entropy, evaluate, global_norm, noise_rngs
@@ -251,4 +252,77 @@ def final_robustness_evaluations(config: ml_collections.ConfigDict, model, state
     if config.get("robust_fgsm"):
         step, low, high = data.pixel_range(test.name, config.robust_fgsm)
         out["robust_fgsm_accuracy"] = accuracy(lambda x, y: fgsm(state, x, y, step, low, high))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_statistics_function(model):
+    """Jitted (state, images) → {layer path: (mean, var)}: the BN statistics of this
+    batch as training computes them (each BN layer sees the layers below normalized
+    by the same batch), the biased σ²_B the layer normalizes with, one batch (no ghost
+    batches: the images are the batch)."""
+    options = dict(model.norm_options)
+    options.update(momentum=0.0, unbiased_running_var=False, virtual_batch_size=None)
+    plain = model.clone(norm_options=tuple(sorted(options.items())))
+
+    def statistics(state: TrainState, images):
+        _, updates = plain.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                 images, train=True, mutable=["batch_stats"])
+        flat = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+        layers = sorted({key.rsplit("/", 1)[0] for key in flat})
+        return {layer: (flat[f"{layer}/mean"], flat[f"{layer}/var"]) for layer in layers}
+
+    return jax.jit(statistics)
+
+
+def batch_statistic_errors(model, state: TrainState, images: np.ndarray,
+                           sizes: tuple[int, ...], population: int = 4096
+                           ) -> dict[int, dict[str, tuple[float, float]]]:
+    """C11: how far a batch's BN statistics are from the data set's, per batch size
+    and BN layer: for B in `sizes`, over the batches of B of the first
+    `population` examples (at most 64 of them), the mean over channels and batches of
+    |μ_B − μ|/σ and of |σ²_B/σ² − 1|, where μ and σ² are the statistics of those
+    `population` examples (in chunks of 512 whose mean and variance are pooled
+    exactly; deeper layers see the layers below normalized by each chunk)."""
+    statistics = _batch_statistics_function(model)
+    pool = images[:population]
+    chunk = min(512, len(pool))
+    parts = [jax.device_get(statistics(state, pool[i:i + chunk]))
+             for i in range(0, len(pool) - chunk + 1, chunk)]
+    population_stats = {}
+    for layer in parts[0]:
+        means = np.stack([np.asarray(p[layer][0], np.float64) for p in parts])
+        variances = np.stack([np.asarray(p[layer][1], np.float64) for p in parts])
+        mean = means.mean(0)  # equal chunks: the pooled mean and (law of total) variance
+        population_stats[layer] = (mean, (variances + (means - mean) ** 2).mean(0))
+    out: dict[int, dict[str, tuple[float, float]]] = {}
+    for size in sizes:
+        count = min(64, len(pool) // size)
+        errors = {layer: ([], []) for layer in population_stats}
+        for i in range(count):
+            batch = jax.device_get(statistics(state, pool[i * size:(i + 1) * size]))
+            for layer, (mean, var) in population_stats.items():
+                batch_mean, batch_var = (np.asarray(x, np.float64) for x in batch[layer])
+                errors[layer][0].append(np.mean(np.abs(batch_mean - mean) / np.sqrt(var)))
+                errors[layer][1].append(np.mean(np.abs(batch_var / var - 1)))
+        out[size] = {layer: (float(np.mean(m)), float(np.mean(v)))
+                     for layer, (m, v) in errors.items()}
+    return out
+
+
+def final_statistics_errors(config: ml_collections.ConfigDict, model, state: TrainState,
+                            train: data.Dataset) -> dict[str, float]:
+    """`batch_statistic_errors` at the end of a BN run, for the batch sizes of
+    `config.stat_error_batches`, on the training set in the run's first batch order
+    (its seed's), averaged over the BN layers: `stat_error_mean_bB` and
+    `stat_error_var_bB`."""
+    sizes = tuple(config.get("stat_error_batches") or ())
+    if not sizes or config.norm != "bn":
+        return {}
+    order = np.random.default_rng([int(config.seed), 11]).permutation(len(train))[:4096]
+    errors = batch_statistic_errors(model, state, train.images[order], sizes)
+    out = {}
+    for size, layers in errors.items():
+        out[f"stat_error_mean_b{size}"] = float(np.mean([m for m, _ in layers.values()]))
+        out[f"stat_error_var_b{size}"] = float(np.mean([v for _, v in layers.values()]))
     return out

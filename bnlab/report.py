@@ -298,9 +298,7 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
                 "The article's remarks on DCGAN (BN in the generator and discriminator) and "
                 "on instance normalization for style transfer are not tested: both need "
                 "generative models and a perceptual judgement that bnlab's classifiers on "
-                "Fashion-MNIST cannot give honestly. Not yet built: \"the larger the batch, "
-                "the closer its statistics to the data set's, the better\" (C11; C5's "
-                "ghost batches measure the \"better\")."]
+                "Fashion-MNIST cannot give honestly."]
     facts = provenance(runs, about)
     timing = _time_lines(runs, about)
     closing = ([""] + _provenance_lines(facts) + ([""] + timing if timing else []) + [""]

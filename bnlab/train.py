@@ -261,7 +261,7 @@ def _summary(config, train_examples: int, steps_done: int, diverged_step: int | 
     train_s = timing["wall"] - timing["first_step_s"] - timing["eval_s"]
     extra_evals = {k: v for k, v in last.items()
                    if k.endswith(("_precise_bn", "_batch_stats", "_padded"))
-                   or k.startswith(("final_train_", "robust_"))}
+                   or k.startswith(("final_train_", "robust_", "stat_error_"))}
     return {
         "step": steps_done,
         "epochs": steps_done * config.batch_size / train_examples,
@@ -300,7 +300,7 @@ UNSHAPED = PACK_FIELDS + (
     "warmup_steps", "step_boundaries", "step_decay", "num_epochs", "num_steps", "log_every",
     "eval_every", "target_accuracy", "checkpoint_every", "decay_norm_params", "bn_eval",
     "precise_bn_batches", "log_grad_norms", "log_activations", "log_landscape",
-    "robust_noise", "robust_fgsm")
+    "robust_noise", "robust_fgsm", "stat_error_batches")
 
 
 def check_key(config: ml_collections.ConfigDict) -> str:
@@ -732,6 +732,8 @@ def _log_step(program: _Program, members: list[_Member], step: int, is_last: boo
                                                             run.test_set))
                 row.update(probes.final_robustness_evaluations(m.run.config, run.model, state,
                                                                _curve_set(run)))
+                row.update(probes.final_statistics_errors(m.run.config, run.model, state,
+                                                          run.train_set))
         m.writer.log(step, row)
         m.last = row
         if m.checkpoints and step % config.checkpoint_every == 0 and not is_last:

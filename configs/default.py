@@ -95,6 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
     # al. 2015; L∞ on the same scale). 0 = not measured.
     config.robust_noise = 0.0
     config.robust_fgsm = 0.0
+    # At the end of a BN run, how far a batch's BN statistics lie from the data set's
+    # (C11) for batches of these sizes, e.g. (2, 8, 32, 128): stat_error_mean_bB (mean
+    # over channels of |μ_B − μ|/σ) and stat_error_var_bB (|σ²_B/σ² − 1|), over the BN
+    # layers, against the statistics of 4,096 training examples. () = not measured.
+    config.stat_error_batches = ()
     # Steps fused into one call (lax.scan) over the dataset held on the device: fewer
     # launches for small batches (SimpleCNN at batch 8 on an H100: 4,169 against 832
     # steps/s). 0 = automatic: log_every steps per call on an accelerator when the run

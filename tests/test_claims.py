@@ -32,8 +32,8 @@ def _write_runs(folder, rows):
         summary = {"status": status, "test_accuracy": row.get("test_accuracy"),
                    "train_accuracy": row.get("train_accuracy", row.get("test_accuracy")),
                    **{k: v for k, v in row.items()
-                      if k == "final_train_accuracy" or (k.startswith("robust_")
-                      and k.endswith(("accuracy", "examples")))}}
+                      if k == "final_train_accuracy" or k.startswith("stat_error_")
+                      or (k.startswith("robust_") and k.endswith(("accuracy", "examples")))}}
         tracking.write_json_atomic(run_dir / "summary.json", summary)
     return analysis.load_runs(folder)
 
@@ -989,4 +989,50 @@ def test_robustness_is_not_measured_without_the_perturbations(tmp_path):
     rows = [{k: v for k, v in row.items() if not k.startswith("robust_")}
             for row in _robust_rows(lambda n, r: 0.8, lambda n, r, s, k: 0.0)]
     result = claims.robustness_rule(_write_runs(tmp_path, rows))
+    assert result.verdict == claims.NOT_MEASURED
+
+
+def _ghost_rows(accuracy, error, ghosts=(8, 32, None), seeds=range(6)):
+    """BN runs at SGD batch 256 over normalization batches: accuracy(batch, seed), and
+    error(B, seed) each run's statistics' error at batch B (stat_error_mean_bB)."""
+    return [{"norm": "bn", "batch_size": 256, "virtual_batch_size": ghost, "seed": seed,
+             "learning_rate": 0.08, "model": "simple_cnn",
+             "test_accuracy": accuracy(ghost or 256, seed),
+             **{f"stat_error_mean_b{b}": error(b, seed) for b in (2, 8, 32, 128)},
+             **{f"stat_error_var_b{b}": 2 * error(b, seed) for b in (2, 8, 32, 128)}}
+            for ghost in ghosts for seed in seeds]
+
+
+def _sampling(b, seed):  # falls as 1/√B, as a mean of B values does
+    return 0.3 / math.sqrt(b) * (1 + SPREAD[seed])
+
+
+@pytest.mark.parametrize("gain,error,verdict,reason", [
+    (0.03, _sampling, claims.SUPPORTED, ""),         # closer and 3 points better
+    (-0.01, _sampling, claims.NOT_SUPPORTED, ""),     # closer, but 1 point worse
+    (0.03, lambda b, s: 0.05 * b ** 0.2 * (1 + SPREAD[s]), claims.NOT_SUPPORTED,
+     "closeness says NOT SUPPORTED")])                # better, yet further away
+def test_larger_batch_verdicts(tmp_path, gain, error, verdict, reason):
+    def accuracy(batch, seed):
+        return {8: 0.84, 32: 0.85, 256: 0.85 + gain}[batch] + SPREAD[seed]
+
+    result = claims.larger_batch_rule(_write_runs(tmp_path, _ghost_rows(accuracy, error)))
+    assert result.verdict == verdict, result
+    assert reason in result.reason
+    assert result.estimate.value == pytest.approx(gain)
+    assert result.details["sgd_batch"] == 256
+    closer = result.details["closer"]
+    if error is _sampling:
+        assert closer["slope_of_log_error_against_log_batch"]["value"] == pytest.approx(-0.5)
+        assert closer["verdict"] == claims.SUPPORTED
+        assert closer["mean_error_by_batch"]["2"] == pytest.approx(0.3 / math.sqrt(2))
+    step, = result.details["other_settings"]
+    assert step["setting"] == "normalization batch 32 against 8"
+    assert step["estimate"]["value"] == pytest.approx(0.01)
+
+
+def test_larger_batch_is_not_measured_without_the_statistics_errors(tmp_path):
+    rows = [{k: v for k, v in row.items() if not k.startswith("stat_error_")}
+            for row in _ghost_rows(lambda b, s: 0.85, _sampling)]
+    result = claims.larger_batch_rule(_write_runs(tmp_path, rows))
     assert result.verdict == claims.NOT_MEASURED

@@ -76,6 +76,8 @@ BAD_INPUT = [
     (["--config.width=0"], "config.width=0: must be a positive integer (plain_cnn's"),
     (["--config.depth=-2"], "config.depth=-2: must be an integer >= 3"),
     (["--config.step_boundaries=(0.5, 2.0)"], "config.step_boundaries=(0.5, 2.0): must be"),
+    (["--config.stat_error_batches=(1, 8)"],
+     "config.stat_error_batches=(1, 8): batch sizes from 2 to 4096"),
     (["--config.robust_noise=-0.1"], "config.robust_noise=-0.1: must be a finite number in"),
     (["--config.robust_fgsm=2"], "config.robust_fgsm=2.0: must be a finite number in [0, 1]"),
     (["--config.dataset=synthetic", "--config.robust_noise=0.2"],

@@ -22,20 +22,20 @@ def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_pa
     assert set(runs["sweep"]) == set(claims.EXPERIMENTS)
     # Each experiment's grid once per seed set: smoke's seeds 0-1, then 2-3 (48 runs
     # a set, 4 of them gradient_flow's one-step probes at initialization, 4 noisy BN).
-    assert set(runs["status"]) <= {"done", "diverged"} and len(runs) == 100
+    assert set(runs["status"]) <= {"done", "diverged"} and len(runs) == 108
     assert set(runs["seed"]) == {0, 1, 2, 3}
     written = json.loads((workdir / "claims.json").read_text())
     assert [c["id"] for c in written["claims"]] == [c.id for c in claims.CLAIMS]
     report = (workdir / "report.md").read_text()
     # Provenance: the commit the runs recorded, the scale; smoke is marked as no evidence.
     commit = tracking.environment()["git_commit"] or "unknown"
-    assert written["provenance"]["git_commit"] == {commit: 100}
+    assert written["provenance"]["git_commit"] == {commit: 108}
     assert written["provenance"]["scale"] == "smoke"
     assert f"- bnlab commit of the runs: {commit}; of this report's rules: {commit}" in report
     assert written["provenance"]["report_commit"] == commit
     assert report_lib.SMOKE_WARNING in report and "## Limitations" in report
     # Where the time went: each experiment's run seconds, split, and all of them.
-    assert "## Time" in report and "| all | 100 | " in report
+    assert "## Time" in report and "| all | 108 | " in report
     assert "| generalization | 8 | " in report
     for claim in written["claims"]:
         measured = claim["id"] in MEASURED

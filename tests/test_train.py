@@ -392,3 +392,32 @@ def test_robustness_evaluations_equal_a_hand_computation_in_pixel_space(small_co
     assert summary["robust_fgsm_accuracy"] == accuracy(stepped)
     # A perturbation that changes the input: the step really moved the predictions.
     assert accuracy(stepped) < accuracy(pixels)
+
+
+def test_batch_statistic_errors_equal_numpy_on_the_first_bn_layer(small_config):
+    """C11's measurement on the BN paper's MLP at initialization: its first BN layer
+    normalizes x·W + b, which NumPy computes alone. For batches of 4 and 64 of 1,024
+    images: the mean over channels and batches of |μ_B − μ|/σ and |σ²_B/σ² − 1|
+    against the 1,024 images' own mean and (biased) variance."""
+    from bnlab import probes
+
+    small_config.update(model="mlp", norm="bn", train_size=1024)
+    run = train.prepare(small_config)
+    images = run.train_set.images[:1024]
+    variables = run.model.init(jax.random.key(0), jnp.zeros((32,) + run.train_set.image_shape),
+                               train=True)
+    state = steps_lib.TrainState(jnp.int32(0), variables["params"], variables["batch_stats"],
+                                 None)
+    errors = probes.batch_statistic_errors(run.model, state, images, (4, 64), population=1024)
+    first = next(k for k in errors[4] if k.startswith("_NormAct_0/"))
+    dense = variables["params"]["Dense_0"]
+    h = (images.reshape(1024, -1).astype(np.float64) @ np.asarray(dense["kernel"], np.float64)
+         + np.asarray(dense["bias"], np.float64))
+    mean, var = h.mean(0), h.var(0)
+    for size in (4, 64):
+        batches = h[:min(64, 1024 // size) * size].reshape(-1, size, h.shape[1])
+        mean_error = np.mean(np.abs(batches.mean(1) - mean) / np.sqrt(var))
+        var_error = np.mean(np.abs(batches.var(1) / var - 1))
+        assert errors[size][first] == pytest.approx((mean_error, var_error), rel=2e-4)
+    # Larger batches lie closer, about as 1/√B (16× the batch, about a quarter).
+    assert errors[64][first][0] < errors[4][first][0] / 2.5

@@ -17,7 +17,7 @@ alone and `replicated`); `base` the verdict, the margins fixed before the runs
 one module per claim or pair of claims for its rule and figure: `speed` (C1, C14),
 `learning_rate` (C2), `generalization` (C3), `gradients` (C4, C13), `batch` (C5),
 `placement` (C6), `statistics` (C7), `sequences` (C8), `alternatives` (C9),
-`mechanism` (C10), `robustness` (C12).
+`mechanism` (C10), `larger_batch` (C11), `robustness` (C12).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from bnlab.claims.base import (
 from bnlab.claims.batch import _small_batch_figure, small_batch_rule
 from bnlab.claims.generalization import _generalization_figure, generalization_rule
 from bnlab.claims.gradients import _depth_figure, _gradient_figure, depth_rule, gradient_rule
+from bnlab.claims.larger_batch import _larger_batch_figure, larger_batch_rule
 from bnlab.claims.learning_rate import _learning_rate_figure, learning_rate_rule
 from bnlab.claims.mechanism import _mechanism_figure, mechanism_rule
 from bnlab.claims.placement import _placement_figure, placement_rule
@@ -57,9 +58,9 @@ __all__ = [
     "CHANCE", "CLAIMS", "EXPERIMENTS", "INCONCLUSIVE", "MARGINS", "NOT_MEASURED",
     "NOT_SUPPORTED", "SUPPORTED", "Claim", "Margin", "Verdict", "alternatives_rule",
     "bounded", "claims_by_id", "decide", "depth_rule", "evaluate", "generalization_rule",
-    "gradient_rule", "learning_rate_rule", "mechanism_rule", "placement_rule", "replicated",
-    "robustness_rule", "sequence_rule", "small_batch_rule", "speed_rule", "statistics_rule",
-    "steps_to_accuracy", "wall_clock_rule",
+    "gradient_rule", "larger_batch_rule", "learning_rate_rule", "mechanism_rule",
+    "placement_rule", "replicated", "robustness_rule", "sequence_rule", "small_batch_rule",
+    "speed_rule", "statistics_rule", "steps_to_accuracy", "wall_clock_rule",
 ]
 
 
@@ -103,6 +104,12 @@ CLAIMS: tuple[Claim, ...] = (
           "larger ICS, and a much smoother loss landscape; BN with noise after it, which "
           "brings the shift back, trains about as well as BN (their noisy BN)",
           figure=_mechanism_figure, margin=MARGINS["C10"]),
+    Claim("C11", "batch size", "The larger the batch, the closer its statistics to the "
+          "data set's, and the better", ("batch_statistics",), larger_batch_rule,
+          "sampling: a mean of B values errs as 1/√B; Hoffer et al. 2017 (ghost BN) and "
+          "Summers & Dinneen 2020: normalizing over fewer examples than the SGD batch "
+          "generalizes better",
+          figure=_larger_batch_figure, margin=MARGINS["C11"]),
     Claim("C12", "robustness", "BN's batch noise makes the model more robust to small "
           "changes of the input", ("learning_rate",), robustness_rule,
           "Galloway et al. 2019: BN lowers accuracy under small Gaussian noise and "

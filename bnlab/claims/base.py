@@ -218,6 +218,12 @@ MARGINS: dict[str, Margin] = {
                   "and a net that does not train stays at chance (10% here); 5 points is "
                   "well above a trained net's spread over seeds and far below that "
                   "difference"),
+    # Added 2026-12-06, after a pilot of 2 seeds (full batch 0.3-0.8 points below
+    # ghost batches of 32) and before the runs that judge it.
+    "C11": Margin(0.01, "test accuracy (the largest normalization batch − the next smaller)",
+                  "Hoffer et al. 2017 and Summers & Dinneen 2020 find ghost batches "
+                  "smaller than the SGD batch generalize better, by points; 1 point is "
+                  "the least 'better' can mean (C3's margin)"),
     # Added 2026-12-06, before its runs (a pilot of 4 seeds sized the perturbations:
     # noise of std 0.1 cost under 2 points, too little to tell anything apart).
     "C12": Margin(0.02, "less accuracy lost to small input changes (no norm's loss − BN's)",
