@@ -719,7 +719,7 @@ def reproduce_command(argv: list[str]) -> int:
 
     def define(flags, flag_values):
         flags.DEFINE_enum("scale", "quick", list(SCALES),
-                          "smoke: seconds (a check of the machinery); quick: under 30 min on "
+                          "smoke: seconds (a check of the machinery); quick: about 40 min on "
                           "2 CPU cores; full: one GPU", flag_values=flag_values)
         flags.DEFINE_list("claims", None, "only these claims, e.g. C1,C5 (default: all)",
                           flag_values=flag_values)

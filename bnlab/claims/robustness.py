@@ -160,7 +160,8 @@ def _robustness_figure(verdict: Verdict, fig: Figure) -> None:
     names = [verdict.details["perturbation"],
              *(x["setting"] for x in verdict.details.get("other_settings", []))]
     for i, (setting, name) in enumerate(zip(settings, names, strict=True)):
-        each = setting["at_each_learning_rate"]
+        # Rates where an arm did not learn lose nothing to anything: left out.
+        each = [x for x in setting["at_each_learning_rate"] if "reason" not in x]
         rates = [x["learning_rate"] for x in each]
         for j, norm in enumerate(("bn", "none")):
             left.plot(rates, [100 * x["mean_drop"][norm] for x in each], ["o-", "s--"][i],
@@ -173,7 +174,8 @@ def _robustness_figure(verdict: Verdict, fig: Figure) -> None:
     left.set_xscale("log")
     left.set_xlabel("learning rate")
     left.set_ylabel("accuracy lost (points; mean over seeds)")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper right")
+    left.set_title("rates where both norms learned", fontsize=9)
     right.axhline(100 * MARGINS["C12"].value, color="k", ls="--", lw=1, label="margin")
     right.axhline(0, color="gray", lw=0.5)
     right.set_xscale("log")
