@@ -171,6 +171,12 @@ def _robustness_figure(verdict: Verdict, fig: Figure) -> None:
         high = [100 * (x["estimate"]["high"] - x["estimate"]["value"]) for x in each]
         right.errorbar(np.array(rates) * (1.04 if i else 1), values, yerr=[low, high],
                        fmt=["o", "s"][i], capsize=3, color=f"C{2 + i}", label=name)
+    if not any(len(line.get_xdata()) for line in left.lines):  # e.g. at the smoke scale
+        for ax in (left, right):
+            ax.text(0.5, 0.5, "no learning rate where both norms learned",
+                    ha="center", va="center", transform=ax.transAxes)
+        fig.suptitle(_title(verdict))
+        return
     left.set_xscale("log")
     left.set_xlabel("learning rate")
     left.set_ylabel("accuracy lost (points; mean over seeds)")
