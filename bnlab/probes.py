@@ -255,16 +255,19 @@ def final_robustness_evaluations(config: ml_collections.ConfigDict, model, state
     return out
 
 
-@functools.lru_cache(maxsize=16)
 def _batch_statistics_function(model):
     """Jitted (state, images) → {layer path: (mean, var)}: the BN statistics of this
     batch as training computes them (each BN layer sees the layers below normalized
     by the same batch), the biased σ²_B the layer normalizes with, one batch (no ghost
-    batches: the images are the batch)."""
+    batches: the images are the batch). Runs whose models differ only in those
+    options (C11's ghost batches) share one compiled function."""
     options = dict(model.norm_options)
     options.update(momentum=0.0, unbiased_running_var=False, virtual_batch_size=None)
-    plain = model.clone(norm_options=tuple(sorted(options.items())))
+    return _statistics_of(model.clone(norm_options=tuple(sorted(options.items()))))
 
+
+@functools.lru_cache(maxsize=16)
+def _statistics_of(plain):
     def statistics(state: TrainState, images):
         _, updates = plain.apply({"params": state.params, "batch_stats": state.batch_stats},
                                  images, train=True, mutable=["batch_stats"])
