@@ -20,8 +20,9 @@ def test_smoke_reproduction_runs_every_experiment_and_reports_every_claim(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     runs = analysis.load_runs(workdir)
     assert set(runs["sweep"]) == set(claims.EXPERIMENTS)
-    # Each experiment's grid once per seed set: smoke's seeds 0-1, then 2-3 (48 runs
-    # a set, 4 of them gradient_flow's one-step probes at initialization, 4 noisy BN).
+    # Each experiment's grid once per seed set: smoke's seeds 0-1, then 2-3 (54 runs
+    # a set, 4 of them gradient_flow's one-step probes at initialization, 4 noisy BN,
+    # 4 C11's normalization batches).
     assert set(runs["status"]) <= {"done", "diverged"} and len(runs) == 108
     assert set(runs["seed"]) == {0, 1, 2, 3}
     written = json.loads((workdir / "claims.json").read_text())
