@@ -181,6 +181,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  isinstance(s, int) and not isinstance(s, bool) and 2 <= s <= 4096
                  for s in sizes),
              "batch sizes from 2 to 4096, e.g. (2, 8, 32, 128)")
+    if sizes:
+        from bnlab import data  # data imports this module: not at the top
+
+        _require(config, "stat_error_batches", config.parallel == "none",
+                 "batch statistics are measured on one device (parallel='none')")
+        _require(config, "stat_error_batches", config.norm == "bn",
+                 "measures BN's statistics: needs norm='bn'")
+        examples = data.train_examples(config)
+        _require(config, "stat_error_batches", examples is None or max(sizes) <= examples,
+                 f"a batch larger than the {examples} training examples")
     for field in ("robust_noise", "robust_fgsm"):
         if field in config:  # a run's config.json from before C12 lacks them
             _number(config, field, 0, 1)

@@ -285,19 +285,23 @@ def batch_statistic_errors(model, state: TrainState, images: np.ndarray,
     and BN layer: for B in `sizes`, over the batches of B of the first
     `population` examples (at most 64 of them), the mean over channels and batches of
     |μ_B − μ|/σ and of |σ²_B/σ² − 1|, where μ and σ² are the statistics of those
-    `population` examples (in chunks of 512 whose mean and variance are pooled
-    exactly; deeper layers see the layers below normalized by each chunk)."""
+    `population` examples (in chunks of up to 512 whose mean and variance are pooled
+    exactly; deeper layers see the layers below normalized by each chunk); channels
+    constant over those examples are left out."""
     statistics = _batch_statistics_function(model)
     pool = images[:population]
     chunk = min(512, len(pool))
-    parts = [jax.device_get(statistics(state, pool[i:i + chunk]))
-             for i in range(0, len(pool) - chunk + 1, chunk)]
+    starts = range(0, len(pool), chunk)
+    parts = [jax.device_get(statistics(state, pool[i:i + chunk])) for i in starts]
+    weights = np.array([len(pool[i:i + chunk]) for i in starts], np.float64)[:, None]
+    weights /= weights.sum()
     population_stats = {}
     for layer in parts[0]:
         means = np.stack([np.asarray(p[layer][0], np.float64) for p in parts])
         variances = np.stack([np.asarray(p[layer][1], np.float64) for p in parts])
-        mean = means.mean(0)  # equal chunks: the pooled mean and (law of total) variance
-        population_stats[layer] = (mean, (variances + (means - mean) ** 2).mean(0))
+        # The pooled mean and (law of total variance) variance, chunks by their size.
+        mean = (weights * means).sum(0)
+        population_stats[layer] = (mean, (weights * (variances + (means - mean) ** 2)).sum(0))
     out: dict[int, dict[str, tuple[float, float]]] = {}
     for size in sizes:
         count = min(64, len(pool) // size)
@@ -306,8 +310,10 @@ def batch_statistic_errors(model, state: TrainState, images: np.ndarray,
             batch = jax.device_get(statistics(state, pool[i * size:(i + 1) * size]))
             for layer, (mean, var) in population_stats.items():
                 batch_mean, batch_var = (np.asarray(x, np.float64) for x in batch[layer])
-                errors[layer][0].append(np.mean(np.abs(batch_mean - mean) / np.sqrt(var)))
-                errors[layer][1].append(np.mean(np.abs(batch_var / var - 1)))
+                live = var > 0  # a channel constant over the data set has no scale
+                errors[layer][0].append(np.mean(np.abs(batch_mean - mean)[live]
+                                                / np.sqrt(var[live])))
+                errors[layer][1].append(np.mean(np.abs(batch_var[live] / var[live] - 1)))
         out[size] = {layer: (float(np.mean(m)), float(np.mean(v)))
                      for layer, (m, v) in errors.items()}
     return out
@@ -316,8 +322,8 @@ def batch_statistic_errors(model, state: TrainState, images: np.ndarray,
 def final_statistics_errors(config: ml_collections.ConfigDict, model, state: TrainState,
                             train: data.Dataset) -> dict[str, float]:
     """`batch_statistic_errors` at the end of a BN run, for the batch sizes of
-    `config.stat_error_batches`, on the training set in the run's first batch order
-    (its seed's), averaged over the BN layers: `stat_error_mean_bB` and
+    `config.stat_error_batches`, on up to 4,096 training examples drawn by the run's
+    seed, averaged over the BN layers: `stat_error_mean_bB` and
     `stat_error_var_bB`."""
     sizes = tuple(config.get("stat_error_batches") or ())
     if not sizes or config.norm != "bn":

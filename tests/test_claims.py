@@ -1036,3 +1036,20 @@ def test_larger_batch_is_not_measured_without_the_statistics_errors(tmp_path):
             for row in _ghost_rows(lambda b, s: 0.85, _sampling)]
     result = claims.larger_batch_rule(_write_runs(tmp_path, rows))
     assert result.verdict == claims.NOT_MEASURED
+
+
+def test_robustness_of_a_seed_that_diverged_at_its_tuned_rate_decides_nothing(tmp_path):
+    """Both norms lose 6 points to noise; BN's seed 5 diverged at its (tuned) rate. As
+    chance on clean and perturbed alike it would lose nothing and make BN look 1
+    point more robust: it is left out of the interval, and the verdict, which would
+    judge BN on the seeds it survived, is INCONCLUSIVE."""
+    rows = _robust_rows(lambda n, r: 0.8, lambda n, r, s, k: 0.06 + SPREAD[s])
+    for row in rows:
+        if row["norm"] == "bn" and row["seed"] == 5:
+            row.update(status="diverged", test_accuracy=None, robust_clean_accuracy=None,
+                       robust_noise_accuracy=None, robust_fgsm_accuracy=None)
+    result = claims.robustness_rule(_write_runs(tmp_path, rows))
+    assert result.verdict == claims.INCONCLUSIVE
+    assert "did not learn" in result.reason
+    assert result.details["noise"]["seeds_that_did_not_learn"] == {"bn": 1, "none": 0}
+    assert result.estimate.value == pytest.approx(0.0, abs=1e-12)  # the 5 others

@@ -65,10 +65,13 @@ def _trained(accuracy: dict[Any, float]) -> bool:
 
 
 def _drops(cell: pd.DataFrame, metric: str) -> dict[Any, float]:
-    """{seed: accuracy on the unperturbed examples minus under the perturbation}; a
-    diverged run scores chance on both (`_by_seed`), so no drop."""
+    """{seed: accuracy on the unperturbed examples minus under the perturbation}; NaN
+    (the seed left out of the paired interval) for a run that diverged or did not
+    learn (clean accuracy within `TRAINS_ABOVE_CHANCE` of chance): it has nothing to
+    lose, and scoring its loss 0 would make the arm that failed look robust."""
     clean, perturbed = _by_seed(cell, "robust_clean_accuracy"), _by_seed(cell, metric)
-    return {s: clean[s] - perturbed[s] for s in clean if s in perturbed}
+    return {s: clean[s] - perturbed[s] if clean[s] > CHANCE + TRAINS_ABOVE_CHANCE
+            else math.nan for s in clean if s in perturbed}
 
 
 def robustness_rule(runs: pd.DataFrame) -> Verdict:
@@ -103,6 +106,7 @@ def robustness_rule(runs: pd.DataFrame) -> Verdict:
         if metric not in runs:
             continue
         drop = {n: at_tuned(n, lambda c, m=metric: _drops(c, m)) for n in ("bn", "none")}
+        left_out = {n: sum(math.isnan(v) for v in drop[n].values()) for n in drop}
         estimate = paired([(1, drop["none"]), (-1, drop["bn"])])
         each = []
         for rate in sorted({r for n, r in cells if ("bn", r) in cells and ("none", r) in cells}):
@@ -122,13 +126,21 @@ def robustness_rule(runs: pd.DataFrame) -> Verdict:
                          "estimate": estimate.jsonable(),
                          "mean_drop": {n: float(np.nanmean(list(v.values())))
                                        for n, v in drop.items()},
+                         **({"seeds_that_did_not_learn": left_out}
+                            if any(left_out.values()) else {}),
                          "at_each_learning_rate": each})
     if "noise" not in estimates:
         return _not_measured("C12", "needs runs with robust_noise set")
     trained = all(_trained(clean[n]) for n in ("bn", "none"))
+    why = UNTRAINED
+    if trained and any("seeds_that_did_not_learn" in s for s in settings):
+        # A seed whose run failed at its tuned rate: judging the rest would judge the
+        # arm on the seeds it survived.
+        trained, why = False, ("a run at a tuned rate did not learn (diverged, or within "
+                               f"{100 * TRAINS_ABOVE_CHANCE:g} points of chance)")
     if not trained:
         for setting in settings:
-            setting.update(verdict=INCONCLUSIVE, reason=UNTRAINED)
+            setting.update(verdict=INCONCLUSIVE, reason=why)
     first = cells[next(iter(cells))].iloc[0]
     noise, fgsm = first.get("robust_noise"), first.get("robust_fgsm")
     names = {"noise": f"Gaussian noise of std {noise:g}",
@@ -149,7 +161,7 @@ def robustness_rule(runs: pd.DataFrame) -> Verdict:
                       if (n, r) in cells])
     verdict = decide(estimates["noise"], margin.judged) if trained else INCONCLUSIVE
     return Verdict("C12", verdict, effect, estimates["noise"], details, used,
-                   reason="" if trained else UNTRAINED)
+                   reason="" if trained else why)
 
 
 def _robustness_figure(verdict: Verdict, fig: Figure) -> None:
