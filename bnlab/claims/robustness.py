@@ -60,8 +60,16 @@ UNTRAINED = (f"an arm's mean clean accuracy is within {100 * TRAINS_ABOVE_CHANCE
 
 def _trained(accuracy: dict[Any, float]) -> bool:
     """Whether an arm learned: mean accuracy above chance by `TRAINS_ABOVE_CHANCE`."""
-    return bool(accuracy) and float(np.nanmean(list(accuracy.values()))) > (
+    return bool(accuracy) and float(_finite_mean(list(accuracy.values()))) > (
         CHANCE + TRAINS_ABOVE_CHANCE)
+
+
+def _finite_mean(values) -> float:
+    """The mean of the finite values; NaN, quietly, when there are none (every seed
+    of an arm left out)."""
+    array = np.asarray(list(values), dtype=float)
+    finite = array[np.isfinite(array)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 def _drops(cell: pd.DataFrame, metric: str) -> dict[Any, float]:
@@ -118,13 +126,13 @@ def robustness_rule(runs: pd.DataFrame) -> Verdict:
                          "verdict": decide(at, margin.judged) if trained else INCONCLUSIVE,
                          **({} if trained else {"reason": UNTRAINED}),
                          "estimate": at.jsonable(),
-                         "mean_drop": {n: float(np.nanmean(list(_drops(cells[n, rate],
+                         "mean_drop": {n: float(_finite_mean(list(_drops(cells[n, rate],
                                                                        metric).values())))
                                        for n in ("bn", "none")}})
         estimates[kind] = estimate
         settings.append({"setting": kind, "verdict": decide(estimate, margin.judged),
                          "estimate": estimate.jsonable(),
-                         "mean_drop": {n: float(np.nanmean(list(v.values())))
+                         "mean_drop": {n: float(_finite_mean(list(v.values())))
                                        for n, v in drop.items()},
                          **({"seeds_that_did_not_learn": left_out}
                             if any(left_out.values()) else {}),
@@ -148,7 +156,7 @@ def robustness_rule(runs: pd.DataFrame) -> Verdict:
     details = {"perturbation": names["noise"], "pixel_scale": "0 to 1, images clipped to it",
                "test_examples": int(first.get("robust_test_examples", 0)),
                "learning_rate_chosen_without_the_seed": chosen,
-               "mean_clean_accuracy": {n: float(np.nanmean(list(v.values())))
+               "mean_clean_accuracy": {n: float(_finite_mean(list(v.values())))
                                        for n, v in clean.items()},
                "noise": next(x for x in settings if x["setting"] == "noise"),
                "other_settings": [{**x, "setting": names[x["setting"]]} for x in settings
