@@ -175,6 +175,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config, "bn_noise_static", not config.get("bn_noise_static")
              or config.get("bn_noise", 0) > 0,
              "fixes noisy BN's draw: needs bn_noise > 0")
+    from bnlab import data  # data imports this module: not at the top
+
     sizes = config.get("stat_error_batches") or ()
     _require(config, "stat_error_batches",
              isinstance(sizes, tuple | list) and all(
@@ -182,8 +184,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  for s in sizes),
              "batch sizes from 2 to 4096, e.g. (2, 8, 32, 128)")
     if sizes:
-        from bnlab import data  # data imports this module: not at the top
-
         _require(config, "stat_error_batches", config.parallel == "none",
                  "batch statistics are measured on one device (parallel='none')")
         _require(config, "stat_error_batches", config.norm == "bn",
@@ -195,8 +195,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if field in config:  # a run's config.json from before C12 lacks them
             _number(config, field, 0, 1)
         if config.get(field):
-            from bnlab import data  # data imports this module: not at the top
-
             _require(config, field, config.dataset in data.PIXEL_DATASETS,
                      "perturbs pixels on the 0-1 scale: needs a dataset of known pixel "
                      f"statistics ({', '.join(data.PIXEL_DATASETS)})")

@@ -202,24 +202,18 @@ def final_padding_evaluations(config: ml_collections.ConfigDict, model, state: T
 
 
 @functools.lru_cache(maxsize=16)
-def _robust_functions(model):
-    """Jitted (state, images, labels) → correct predictions, and (state, images,
-    labels, step, low, high) → the images after one FGSM step: x + step·sign(∇x loss),
-    clipped to [low, high]; the network as evaluated (running statistics)."""
-    def logits(state: TrainState, images):
-        return model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                           images, train=False)
-
-    def correct(state, images, labels):
-        return jnp.sum(jnp.argmax(logits(state, images), -1) == labels)
-
-    def fgsm(state, images, labels, step, low, high):
+def _fgsm_function(model):
+    """Jitted (state, images, labels, step, low, high) → the images after one FGSM step:
+    x + step·sign(∇x loss), clipped to [low, high]; the network as evaluated (running
+    statistics)."""
+    def fgsm(state: TrainState, images, labels, step, low, high):
         def loss(x):
-            return jnp.sum(cross_entropy(logits(state, x), labels))
-        moved = images + step * jnp.sign(jax.grad(loss)(images))
-        return jnp.clip(moved, low, high)
+            logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                 x, train=False)
+            return jnp.sum(cross_entropy(logits, labels))
+        return jnp.clip(images + step * jnp.sign(jax.grad(loss)(images)), low, high)
 
-    return jax.jit(correct), jax.jit(fgsm)
+    return jax.jit(fgsm)
 
 
 def final_robustness_evaluations(config: ml_collections.ConfigDict, model, state: TrainState,
@@ -231,27 +225,29 @@ def final_robustness_evaluations(config: ml_collections.ConfigDict, model, state
     runs of one seed see the same noise whatever their norm or rate (paired)."""
     if not (config.get("robust_noise") or config.get("robust_fgsm")):
         return {}
-    correct, fgsm = _robust_functions(model)
+    predict = _predict_function(model, False)
     size = min(config.eval_batch_size, len(test))
-    batches = [(test.images[i:i + size], test.labels[i:i + size])
-               for i in range(0, len(test), size)]
 
-    def accuracy(perturb) -> float:
-        return sum(int(correct(state, perturb(x, y), y)) for x, y in batches) / len(test)
+    def accuracy(images: np.ndarray, perturb=lambda x, y: x) -> float:
+        """Of all of `test`'s labels, in batches of `size` (`perturb` each first)."""
+        hits = 0
+        for i in range(0, len(test), size):
+            labels = test.labels[i:i + size]
+            hits += int(np.sum(np.asarray(predict(state, perturb(images[i:i + size], labels)))
+                               == labels))
+        return hits / len(test)
 
-    out = {"robust_clean_accuracy": accuracy(lambda x, y: x),
-           "robust_test_examples": len(test)}
+    out = {"robust_clean_accuracy": accuracy(test.images), "robust_test_examples": len(test)}
     if config.get("robust_noise"):
         std, low, high = data.pixel_range(test.name, config.robust_noise)
         noise = np.random.default_rng([int(config.seed), 12]).standard_normal(
             test.images.shape, np.float32) * std
-        noisy = np.clip(test.images + noise, low, high)
-        out["robust_noise_accuracy"] = sum(
-            int(correct(state, noisy[i:i + size], test.labels[i:i + size]))
-            for i in range(0, len(test), size)) / len(test)
+        out["robust_noise_accuracy"] = accuracy(np.clip(test.images + noise, low, high))
     if config.get("robust_fgsm"):
+        fgsm = _fgsm_function(model)
         step, low, high = data.pixel_range(test.name, config.robust_fgsm)
-        out["robust_fgsm_accuracy"] = accuracy(lambda x, y: fgsm(state, x, y, step, low, high))
+        out["robust_fgsm_accuracy"] = accuracy(
+            test.images, lambda x, y: fgsm(state, x, y, step, low, high))
     return out
 
 

@@ -60,7 +60,7 @@ UNTRAINED = (f"an arm's mean clean accuracy is within {100 * TRAINS_ABOVE_CHANCE
 
 def _trained(accuracy: dict[Any, float]) -> bool:
     """Whether an arm learned: mean accuracy above chance by `TRAINS_ABOVE_CHANCE`."""
-    return bool(accuracy) and float(_finite_mean(list(accuracy.values()))) > (
+    return bool(accuracy) and _finite_mean(accuracy.values()) > (
         CHANCE + TRAINS_ABOVE_CHANCE)
 
 
@@ -97,43 +97,42 @@ def robustness_rule(runs: pd.DataFrame) -> Verdict:
         return _not_measured("C12", "needs bn and none runs over learning rates with "
                              "robust_noise and robust_fgsm set, all else equal")
     margin = MARGINS["C12"]
-    chosen, clean = {}, {}
+    chosen = {}
     for norm in ("bn", "none"):
         by_rate = {r: _by_seed(c, "test_accuracy") for (n, r), c in cells.items() if n == norm}
         _, chosen[norm] = _cross_fitted(by_rate)
 
-    def at_tuned(norm: str, values) -> dict[Any, float]:
-        """{seed: the value at its norm's rate chosen without it}."""
-        return {int(seed): values(cells[norm, rate]).get(int(seed), math.nan)
-                for seed, rate in chosen[norm].items() if (norm, rate) in cells}
+    def at_tuned(norm: str, per_cell: dict) -> dict[Any, float]:
+        """{seed: its value ({(norm, rate): {seed: value}}) at its norm's rate chosen
+        without it}."""
+        return {int(seed): per_cell[norm, rate].get(int(seed), math.nan)
+                for seed, rate in chosen[norm].items() if (norm, rate) in per_cell}
 
-    for norm in ("bn", "none"):
-        clean[norm] = at_tuned(norm, lambda c: _by_seed(c, "robust_clean_accuracy"))
+    clean_of = {key: _by_seed(cell, "robust_clean_accuracy") for key, cell in cells.items()}
+    clean = {n: at_tuned(n, clean_of) for n in ("bn", "none")}
     estimates, settings = {}, []
     for kind, metric in ROBUST_METRICS.items():
         if metric not in runs:
             continue
-        drop = {n: at_tuned(n, lambda c, m=metric: _drops(c, m)) for n in ("bn", "none")}
+        # Each cell's losses once: the tuned rates and every rate read them.
+        losses = {key: _drops(cell, metric) for key, cell in cells.items()}
+        drop = {n: at_tuned(n, losses) for n in ("bn", "none")}
         left_out = {n: sum(math.isnan(v) for v in drop[n].values()) for n in drop}
         estimate = paired([(1, drop["none"]), (-1, drop["bn"])])
         each = []
         for rate in sorted({r for n, r in cells if ("bn", r) in cells and ("none", r) in cells}):
-            at = paired([(1, _drops(cells["none", rate], metric)),
-                         (-1, _drops(cells["bn", rate], metric))])
-            trained = all(_trained(_by_seed(cells[n, rate], "robust_clean_accuracy"))
-                          for n in ("bn", "none"))
+            at = paired([(1, losses["none", rate]), (-1, losses["bn", rate])])
+            trained = all(_trained(clean_of[n, rate]) for n in ("bn", "none"))
             each.append({"learning_rate": rate,
                          "verdict": decide(at, margin.judged) if trained else INCONCLUSIVE,
                          **({} if trained else {"reason": UNTRAINED}),
                          "estimate": at.jsonable(),
-                         "mean_drop": {n: float(_finite_mean(list(_drops(cells[n, rate],
-                                                                       metric).values())))
+                         "mean_drop": {n: _finite_mean(losses[n, rate].values())
                                        for n in ("bn", "none")}})
         estimates[kind] = estimate
         settings.append({"setting": kind, "verdict": decide(estimate, margin.judged),
                          "estimate": estimate.jsonable(),
-                         "mean_drop": {n: float(_finite_mean(list(v.values())))
-                                       for n, v in drop.items()},
+                         "mean_drop": {n: _finite_mean(v.values()) for n, v in drop.items()},
                          **({"seeds_that_did_not_learn": left_out}
                             if any(left_out.values()) else {}),
                          "at_each_learning_rate": each})
@@ -156,7 +155,7 @@ def robustness_rule(runs: pd.DataFrame) -> Verdict:
     details = {"perturbation": names["noise"], "pixel_scale": "0 to 1, images clipped to it",
                "test_examples": int(first.get("robust_test_examples", 0)),
                "learning_rate_chosen_without_the_seed": chosen,
-               "mean_clean_accuracy": {n: float(_finite_mean(list(v.values())))
+               "mean_clean_accuracy": {n: _finite_mean(v.values())
                                        for n, v in clean.items()},
                "noise": next(x for x in settings if x["setting"] == "noise"),
                "other_settings": [{**x, "setting": names[x["setting"]]} for x in settings
