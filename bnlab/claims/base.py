@@ -292,6 +292,13 @@ def _by_seed(runs: pd.DataFrame, metric: str) -> dict[Any, float]:
     return {int(seed): float(v) for seed, v in values.groupby(runs["seed"]).mean().items()}
 
 
+def _normalization_batch(runs: pd.DataFrame) -> pd.Series:
+    """Each run's normalization batch: its ghost batch, else its SGD batch."""
+    ghost = (pd.to_numeric(runs["virtual_batch_size"], errors="coerce")
+             if "virtual_batch_size" in runs else pd.Series(math.nan, index=runs.index))
+    return ghost.fillna(pd.to_numeric(runs["batch_size"], errors="coerce")).astype(int)
+
+
 def _keyed(by_seed: dict[Any, float]) -> dict[str, float]:
     """{seed: value} for the details (JSON): seeds as text, in order."""
     return {str(seed): value for seed, value in sorted(by_seed.items())}

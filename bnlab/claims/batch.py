@@ -17,6 +17,7 @@ from bnlab.claims.base import (
     _by_seed,
     _comparable,
     _finished,
+    _normalization_batch,
     _not_measured,
     _panels,
     _title,
@@ -86,7 +87,7 @@ def _ghost_batch(bn: pd.DataFrame, gn: pd.DataFrame) -> Verdict:
     depend on the batch, so its drop is 0 by construction and the excess over GN's
     is BN's own drop. `gn`: GN runs at the same SGD batch and rate (details only)."""
     sgd = int(bn["batch_size"].iloc[0])
-    ghost = pd.to_numeric(bn["virtual_batch_size"], errors="coerce").fillna(sgd).astype(int)
+    ghost = _normalization_batch(bn)
     small = int(ghost.min())
 
     def accuracy(size):

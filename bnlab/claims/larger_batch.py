@@ -4,7 +4,6 @@ better (`experiments/batch_statistics.py`)."""
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from bnlab.claims.base import (
     _comparable,
     _finished,
     _keyed,
+    _normalization_batch,
     _not_measured,
     _panels,
     _title,
@@ -32,13 +32,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _ERROR = re.compile(r"stat_error_(mean|var)_b(\d+)$")
-
-
-def _normalization_batch(runs: pd.DataFrame) -> pd.Series:
-    """Each run's normalization batch: its ghost batch, else its SGD batch."""
-    ghost = (pd.to_numeric(runs["virtual_batch_size"], errors="coerce")
-             if "virtual_batch_size" in runs else pd.Series(math.nan, index=runs.index))
-    return ghost.fillna(pd.to_numeric(runs["batch_size"], errors="coerce")).astype(int)
 
 
 def _errors(runs: pd.DataFrame, kind: str) -> dict[int, dict[Any, float]]:
