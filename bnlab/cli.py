@@ -483,13 +483,21 @@ def worker_command(argv: list[str]) -> int:
 
 
 def _varied_fields(configs: list[dict]) -> list[str]:
-    """The config fields whose values differ across the runs, in config order, but
-    those that never tell results apart (`config.BOOKKEEPING_FIELDS`)."""
+    """The config fields whose values differ across the runs, but those that never
+    tell results apart (`config.BOOKKEEPING_FIELDS`): model and norm first, the seed
+    last."""
     from bnlab.config import BOOKKEEPING_FIELDS
 
     fields = list(dict.fromkeys(field for config in configs for field in config))
-    return [f for f in fields if f not in BOOKKEEPING_FIELDS
-            and len({repr(config.get(f)) for config in configs}) > 1]
+    varied = [f for f in fields if f not in BOOKKEEPING_FIELDS
+              and len({repr(config.get(f)) for config in configs}) > 1]
+    # The table sorts by these columns in turn: what a comparison is about first (the
+    # model, the norm), the seed last, so that a run's seeds sit next to each other
+    # (config.json's alphabetical order had put every run of seed 0 before any of
+    # seed 1), the rest in that order.
+    first = [f for f in ("model", "norm") if f in varied]
+    return first + [f for f in varied if f not in (*first, "seed")] + (
+        ["seed"] if "seed" in varied else [])
 
 
 def _step_reached(run_dir, config: dict) -> str:
@@ -506,7 +514,9 @@ def _step_reached(run_dir, config: dict) -> str:
 
 
 def _cell(value) -> str:
-    return "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+    """A config value for the table; None (the field left unset: no ghost batch, the
+    whole test set) as "-", so that a blank never reads as a column shifted."""
+    return "-" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
 
 
 def _sort_key(text: str) -> tuple:

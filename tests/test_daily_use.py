@@ -121,6 +121,30 @@ def test_ls_shows_what_varies_sorted_by_value_how_far_a_run_is_and_why_one_faile
     assert "no run has a field 'nrom'" in cli("ls", str(tmp_path), "--where=nrom=bn").stderr
 
 
+def test_ls_groups_a_grids_seeds_together_and_shows_an_unset_field(cli, tmp_path):
+    """On a norm × batch × seed grid `ls` sorted seed first (every seed-0 run, then
+    every seed-1 run) and showed an unset ghost batch as a blank cell. Now the seed
+    is the last column and the last key, and None reads "-"."""
+    from bnlab import tracking
+
+    grid = [(norm, batch, ghost, seed) for norm in ("gn", "bn") for batch in (32, 4)
+            for ghost in (None, 2) for seed in (1, 0)]
+    for i, (norm, batch, ghost, seed) in enumerate(grid):
+        run = tracking.RunDir(tmp_path / "runs" / f"r{i}")
+        run.write_pending({"norm": norm, "seed": seed, "batch_size": batch,
+                           "virtual_batch_size": ghost})
+        tracking.write_json_atomic(run.path / tracking.STATUS, {"status": "pending"})
+    result = cli("ls", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[-4:] == ["norm", "batch_size", "virtual_batch_size", "seed"]
+    shown = [tuple(line.split()[-4:]) for line in lines[1:]]
+    expected = [(norm, str(batch), "-" if ghost is None else str(ghost), str(seed))
+                for norm in ("bn", "gn") for batch in (4, 32) for ghost in (2, None)
+                for seed in (0, 1)]
+    assert shown == expected  # by value: numbers as numbers, "-" after them, seed last
+
+
 def test_ls_shows_a_running_runs_step_of_its_total(cli, tmp_path):
     """A running run's step read "7…"; where its config gives the total, "7/128", the
     total as `train.prepare` counts it (one epoch of 512 synthetic images in batches
