@@ -494,10 +494,9 @@ def _varied_fields(configs: list[dict]) -> list[str]:
     # The table sorts by these columns in turn: what a comparison is about first (the
     # model, the norm), the seed last, so that a run's seeds sit next to each other
     # (config.json's alphabetical order had put every run of seed 0 before any of
-    # seed 1), the rest in that order.
-    first = [f for f in ("model", "norm") if f in varied]
-    return first + [f for f in varied if f not in (*first, "seed")] + (
-        ["seed"] if "seed" in varied else [])
+    # seed 1); a stable sort keeps the rest in that order.
+    rank = {"model": 0, "norm": 1, "seed": 3}
+    return sorted(varied, key=lambda field: rank.get(field, 2))
 
 
 def _step_reached(run_dir, config: dict) -> str:
