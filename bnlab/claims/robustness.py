@@ -58,10 +58,15 @@ UNTRAINED = (f"an arm's mean clean accuracy is within {100 * TRAINS_ABOVE_CHANCE
              "robustness says nothing")
 
 
+def _learned(accuracy: float) -> bool:
+    """Whether an accuracy is above chance by `TRAINS_ABOVE_CHANCE` (a run's, or an
+    arm's mean)."""
+    return accuracy > CHANCE + TRAINS_ABOVE_CHANCE
+
+
 def _trained(accuracy: dict[Any, float]) -> bool:
-    """Whether an arm learned: mean accuracy above chance by `TRAINS_ABOVE_CHANCE`."""
-    return bool(accuracy) and _finite_mean(accuracy.values()) > (
-        CHANCE + TRAINS_ABOVE_CHANCE)
+    """Whether an arm learned: its mean accuracy over seeds `_learned`."""
+    return bool(accuracy) and _learned(_finite_mean(accuracy.values()))
 
 
 def _finite_mean(values) -> float:
@@ -78,8 +83,8 @@ def _drops(cell: pd.DataFrame, metric: str) -> dict[Any, float]:
     learn (clean accuracy within `TRAINS_ABOVE_CHANCE` of chance): it has nothing to
     lose, and scoring its loss 0 would make the arm that failed look robust."""
     clean, perturbed = _by_seed(cell, "robust_clean_accuracy"), _by_seed(cell, metric)
-    return {s: clean[s] - perturbed[s] if clean[s] > CHANCE + TRAINS_ABOVE_CHANCE
-            else math.nan for s in clean if s in perturbed}
+    return {s: clean[s] - perturbed[s] if _learned(clean[s]) else math.nan
+            for s in clean if s in perturbed}
 
 
 def robustness_rule(runs: pd.DataFrame) -> Verdict:
